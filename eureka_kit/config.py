@@ -1,0 +1,351 @@
+"""Run configuration: one flat typed dataclass plus the algorithm presets, as data.
+
+An algorithm is a composition of independent choices (advantage estimator, advantage weight,
+surrogate, policy-drift term, reference KL, aggregation, filters). A preset names one value for
+*every* algorithm slot, so two presets differ exactly in the choices they name and in nothing else
+(`RunConfig.from_preset` never lets a field default leak into an algorithm slot).
+
+Equations, paper links and deviations are in docs/algorithms.md; the math is in
+`advantages.py`, `losses.py`, `filters.py`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from typing import Any
+
+# ---------------------------------------------------------------------------------------------
+# Allowed values of the choice fields (validation and error messages read these tables).
+ESTIMATORS = ("grpo", "dr_grpo", "equal", "rloo", "reinforce_pp", "reinforce_pp_baseline", "none")
+ADV_WEIGHTS = ("none", "clip_filter_like")
+SURROGATES = ("pg", "cpg", "ppo_clip", "cispo", "cispo_verl", "gspo", "gspo_token")
+KL_ESTIMATORS = ("k1", "k2", "k3")
+AGGREGATIONS = (
+    "token-mean",
+    "seq-mean-token-mean",
+    "seq-mean-token-sum",
+    "seq-mean-token-sum-norm",
+    "group-token-mean",
+)
+ROLLOUT_BACKENDS = ("hf", "vllm")
+PROMPT_TEMPLATES = ("cpgd_7b", "mmeureka_32b", "none")
+LR_SCHEDULES = ("constant", "cosine_with_min_lr", "linear")
+# Estimators that need a group (K >= 2 responses per prompt) to compute a baseline.
+GROUP_ESTIMATORS = ("grpo", "dr_grpo", "equal", "rloo", "reinforce_pp_baseline")
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the field and the allowed values."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Presets. `_NEUTRAL` sets every algorithm slot; each preset overrides the slots its paper names.
+_NEUTRAL: dict[str, Any] = dict(
+    advantage_estimator="grpo",
+    std_eps=1e-9,
+    whiten_advantages=False,
+    adv_weight="none",
+    adv_weight_cap=3.0,
+    surrogate="pg",
+    eps_low=0.2,
+    eps_high=0.2,
+    dual_clip=None,
+    cispo_cap=5.0,
+    drift_coef=0.0,
+    drift_clip=2.0,
+    kl_coef=0.0,
+    kl_estimator="k3",
+    aggregation="seq-mean-token-mean",
+    online_filter=False,
+    filter_lower=0.1,
+    filter_upper=0.9,
+    dynamic_sampling=False,
+    overlong_buffer=0,
+    overlong_penalty=1.0,
+    mask_truncated=False,
+)
+ALGORITHM_FIELDS = tuple(_NEUTRAL)
+
+CPGD_PAPER = "https://arxiv.org/abs/2505.12504"
+_CPGD = dict(surrogate="cpg", drift_coef=0.01, drift_clip=2.0, aggregation="seq-mean-token-mean")
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # CPGD ablation ladder (CPGD report Table 2). STD weight = GRPO advantage, as the released script.
+    "pg": dict(paper=CPGD_PAPER, surrogate="pg"),
+    "cpg": dict(paper=CPGD_PAPER, surrogate="cpg"),
+    "pgd": dict(paper=CPGD_PAPER, surrogate="pg", drift_coef=0.01, drift_clip=2.0),
+    "cpgd": dict(paper=CPGD_PAPER, **_CPGD),
+    # GRPO family (DeepSeekMath; MM-Eureka arXiv 2503.07365 Eq. 1).
+    "grpo": dict(paper="https://arxiv.org/abs/2402.03300", surrogate="ppo_clip"),
+    "grpo_kl": dict(paper="https://arxiv.org/abs/2402.03300", surrogate="ppo_clip", kl_coef=1e-3),
+    "grpo_dual_clip": dict(paper="https://arxiv.org/abs/1912.09729", surrogate="ppo_clip", dual_clip=3.0),
+    # Estimator baselines (CPGD Table 1 rows), PPO-clip surrogate, token-mean as in OpenRLHF.
+    "rloo": dict(paper="https://arxiv.org/abs/2402.14740", advantage_estimator="rloo",
+                 surrogate="ppo_clip", aggregation="token-mean"),
+    "reinforce_pp": dict(paper="https://arxiv.org/abs/2501.03262", advantage_estimator="reinforce_pp",
+                         surrogate="ppo_clip", aggregation="token-mean"),
+    "reinforce_pp_baseline": dict(paper="https://arxiv.org/abs/2501.03262",
+                                  advantage_estimator="reinforce_pp_baseline",
+                                  surrogate="ppo_clip", aggregation="token-mean"),
+    "dr_grpo": dict(paper="https://arxiv.org/abs/2503.20783", advantage_estimator="dr_grpo",
+                    surrogate="ppo_clip", aggregation="seq-mean-token-sum-norm"),
+    "dapo": dict(paper="https://arxiv.org/abs/2503.14476", surrogate="ppo_clip", eps_low=0.2, eps_high=0.28,
+                 aggregation="token-mean", dynamic_sampling=True, overlong_buffer=64, overlong_penalty=1.0),
+    "cispo": dict(paper="https://arxiv.org/abs/2506.13585", surrogate="cispo", cispo_cap=5.0,
+                  aggregation="token-mean"),
+    "gspo": dict(paper="https://arxiv.org/abs/2507.18071", surrogate="gspo", eps_low=3e-4, eps_high=4e-4,
+                 aggregation="seq-mean-token-mean"),
+}
+
+
+def preset_choices(name: str) -> dict[str, Any]:
+    """Every algorithm slot of preset `name` (neutral values + the preset's own), without `paper`."""
+    if name not in PRESETS:
+        raise ConfigError(f"preset: unknown preset {name!r}; allowed: {', '.join(PRESETS)}")
+    choices = {**_NEUTRAL, **PRESETS[name]}
+    choices.pop("paper")
+    return choices
+
+
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class RunConfig:
+    """Everything one run needs. Build with `RunConfig.from_preset("cpgd", lr=...)`.
+
+    Defaults are the CPGD preset on the CPU toy world. Algorithm fields (the slots a preset sets) come
+    first, then data/model, rollout, optimisation, and bookkeeping.
+    """
+
+    preset: str = "cpgd"
+    """name of the preset the algorithm fields came from (recorded, validated against PRESETS)"""
+
+    # --- advantage -------------------------------------------------------------------------
+    advantage_estimator: str = "grpo"
+    """grpo (group z-score, Bessel std) | dr_grpo / equal (R - group mean) | rloo | reinforce_pp |
+    reinforce_pp_baseline (token-weighted global whitening) | none (A = R)"""
+    std_eps: float = 1e-9
+    """added to the group std in grpo: (R - mean) / (std + std_eps); MM-EUREKA 1e-9, verl 1e-6, TRL 1e-4"""
+    whiten_advantages: bool = False
+    """whiten any estimator over all valid tokens afterwards (MM-EUREKA code does this for all but grpo)"""
+    adv_weight: str = "none"
+    """CPGD weight omega(x) multiplied onto the advantage: none | clip_filter_like (min(cap, N / N_nonzero))"""
+    adv_weight_cap: float = 3.0
+    """cap c_omega of the clip-filter-like weight (MM-EUREKA --clip_filter_like_weight_clip_eps)"""
+
+    # --- surrogate, drift, KL, aggregation -------------------------------------------------
+    surrogate: str = "cpg"
+    """pg | cpg (log-ratio clip) | ppo_clip | cispo (TRL absolute cap) | cispo_verl (1+eps form) | gspo | gspo_token"""
+    eps_low: float = 0.2
+    """lower clip width: ratio floor 1 - eps_low (log-ratio floor ln(1 - eps_low) for cpg)"""
+    eps_high: float = 0.2
+    """upper clip width: ratio ceiling 1 + eps_high (DAPO clip-higher: 0.28)"""
+    dual_clip: float | None = None
+    """dual-clip constant c > 1 for A < 0 (loss capped at -c*A); None = off"""
+    cispo_cap: float = 5.0
+    """CISPO (TRL form) absolute cap on the detached IS weight: w = min(r, cispo_cap)"""
+    drift_coef: float = 0.01
+    """CPGD policy-drift weight alpha (0 = off)"""
+    drift_clip: float = 2.0
+    """CPGD drift gradient cap c: gradient coefficient min(r - 1, c)"""
+    kl_coef: float = 0.0
+    """reference-KL weight beta (0 = no reference model is loaded)"""
+    kl_estimator: str = "k3"
+    """reference-KL estimator k1 | k2 | k3 (Schulman)"""
+    aggregation: str = "seq-mean-token-mean"
+    """token-mean | seq-mean-token-mean | seq-mean-token-sum | seq-mean-token-sum-norm | group-token-mean"""
+
+    # --- filters and reward shaping --------------------------------------------------------
+    online_filter: bool = False
+    """MM-EUREKA online accuracy filter: keep groups with filter_lower <= mean accuracy <= filter_upper"""
+    filter_lower: float = 0.1
+    """online filter lower bound (inclusive)"""
+    filter_upper: float = 0.9
+    """online filter upper bound (inclusive)"""
+    dynamic_sampling: bool = False
+    """DAPO dynamic sampling: keep groups with 0 < #correct < K, resample until the batch is full"""
+    overlong_buffer: int = 0
+    """DAPO soft overlong punishment buffer L_cache in tokens (0 = off)"""
+    overlong_penalty: float = 1.0
+    """scale of the soft overlong punishment (penalty in [-overlong_penalty, 0])"""
+    mask_truncated: bool = False
+    """DAPO overlong filtering: truncated responses get zero loss mask"""
+
+    # --- task, model, reward ---------------------------------------------------------------
+    model: str = "toy"
+    """'toy', 'toy-vl', or a local folder with a transformers model (never a hub id)"""
+    task: str = "toyworld"
+    """'toyworld' or 'mmk12'"""
+    data_path: str | None = None
+    """local MMK12 folder (parquet or MM-EUREKA jsonl); required when task='mmk12'"""
+    multimodal: bool = False
+    """use the image variant of the toy world (needs model='toy-vl' or a VLM)"""
+    prompt_template: str = "cpgd_7b"
+    """system prompt: cpgd_7b (CPGD report Table 3) | mmeureka_32b | none"""
+    format_reward: bool = True
+    """add the 0/0.5 format reward to the accuracy reward in the advantage (MM-EUREKA code)"""
+    mmeureka_compat: bool = False
+    """reproduce the released reward code's quirks (see rewards.py)"""
+    reward_timeout: float = 5.0
+    """seconds allowed per reward call; a timeout scores 0"""
+    trust_remote_code: bool = False
+    """passed to transformers loaders; off unless you trust the model folder"""
+
+    # --- rollout ---------------------------------------------------------------------------
+    rollout_backend: str = "hf"
+    """hf (transformers generate) | vllm (offline engine, colocated)"""
+    group_size: int = 8
+    """K responses sampled per prompt"""
+    rollout_batch_size: int = 16
+    """prompts per rollout (each gives group_size responses)"""
+    train_batch_size: int = 32
+    """responses per optimizer step (OpenRLHF semantics); rollout responses / this = steps per rollout"""
+    micro_batch_size: int = 32
+    """responses per forward/backward (gradient accumulation up to train_batch_size)"""
+    update_epochs: int = 1
+    """passes over each rollout (>1 makes the ratio move away from 1 for real)"""
+    temperature: float = 1.0
+    """sampling temperature"""
+    top_p: float = 1.0
+    """nucleus sampling"""
+    max_len: int = 64
+    """max response tokens: generation cap, L of seq-mean-token-sum-norm, L_max of overlong shaping"""
+    max_prompt_len: int = 512
+    """prompts longer than this are an error"""
+
+    # --- optimisation ----------------------------------------------------------------------
+    lr: float = 1e-4
+    """learning rate (CPGD on 7B: 1e-6)"""
+    lr_schedule: str = "constant"
+    """constant | cosine_with_min_lr (min = 0.1 lr) | linear"""
+    warmup_steps: int = 0
+    """linear warm-up optimizer steps"""
+    weight_decay: float = 0.0
+    """AdamW weight decay (CPGD: 1e-2)"""
+    adam_betas: tuple[float, float] = (0.9, 0.95)
+    """AdamW betas (CPGD: 0.9, 0.95)"""
+    grad_clip: float = 1.0
+    """max global grad norm"""
+    num_steps: int = 50
+    """rollouts (RL steps) to run"""
+    freeze_vision: bool = True
+    """freeze the vision tower (MM-EUREKA --freeze_prefix visual)"""
+    bf16: bool = False
+    """bf16 autocast on GPU (ignored on CPU)"""
+    gradient_checkpointing: bool = False
+    """recompute activations in backward"""
+    logprob_chunk_size: int = 1024
+    """rows per chunk in chunked log-probs (memory vs speed)"""
+
+    # --- bookkeeping -----------------------------------------------------------------------
+    seed: int = 0
+    """seed of data order, sampling and init"""
+    run_dir: str | None = None
+    """where the run directory goes (None = runs/<preset>-<seed>)"""
+    save_every: int = 0
+    """checkpoint every N steps (0 = only at the end)"""
+    eval_every: int = 0
+    """evaluate every N steps (0 = only at the end)"""
+
+    # ------------------------------------------------------------------------------------------
+    def __post_init__(self) -> None:
+        if isinstance(self.adam_betas, list):
+            self.adam_betas = tuple(self.adam_betas)
+        self.validate()
+
+    @classmethod
+    def from_preset(cls, preset: str, **overrides: Any) -> RunConfig:
+        """The preset's algorithm choices, then `overrides` (any field). Unknown fields raise."""
+        unknown = sorted(set(overrides) - set(field_names()))
+        if unknown:
+            raise ConfigError(f"unknown RunConfig field(s) {unknown}; allowed: {', '.join(field_names())}")
+        return cls(**{**preset_choices(preset), "preset": preset, **overrides})
+
+    def algorithm(self) -> dict[str, Any]:
+        """The algorithm slots of this config (what `losses.policy_loss` takes as overrides)."""
+        return {name: getattr(self, name) for name in ALGORITHM_FIELDS}
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunConfig:
+        unknown = sorted(set(data) - set(field_names()))
+        if unknown:
+            raise ConfigError(f"unknown RunConfig field(s) {unknown}")
+        return cls(**data)
+
+    def validate(self) -> None:
+        """Raise ConfigError naming the field and its allowed values."""
+        _choice("preset", self.preset, tuple(PRESETS))
+        _choice("advantage_estimator", self.advantage_estimator, ESTIMATORS)
+        _choice("adv_weight", self.adv_weight, ADV_WEIGHTS)
+        _choice("surrogate", self.surrogate, SURROGATES)
+        _choice("kl_estimator", self.kl_estimator, KL_ESTIMATORS)
+        _choice("aggregation", self.aggregation, AGGREGATIONS)
+        _choice("rollout_backend", self.rollout_backend, ROLLOUT_BACKENDS)
+        _choice("prompt_template", self.prompt_template, PROMPT_TEMPLATES)
+        _choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        _choice("task", self.task, ("toyworld", "mmk12"))
+        for name in ("eps_low", "eps_high", "std_eps", "adv_weight_cap", "cispo_cap", "drift_clip",
+                     "temperature", "lr", "reward_timeout"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name}: must be > 0, got {getattr(self, name)!r}")
+        if self.eps_low >= 1:
+            raise ConfigError(f"eps_low: must be in (0, 1) so that 1 - eps_low > 0, got {self.eps_low!r}")
+        if self.dual_clip is not None and not self.dual_clip > 1 + self.eps_high:
+            raise ConfigError(f"dual_clip: must be None or > 1 + eps_high = {1 + self.eps_high}, "
+                              f"got {self.dual_clip!r}")
+        for name in ("drift_coef", "kl_coef", "weight_decay", "overlong_penalty"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name}: must be >= 0, got {getattr(self, name)!r}")
+        if not 0 <= self.filter_lower <= self.filter_upper <= 1:
+            raise ConfigError(f"filter_lower/filter_upper: need 0 <= lower <= upper <= 1, "
+                              f"got {self.filter_lower!r}, {self.filter_upper!r}")
+        if not 0 < self.top_p <= 1:
+            raise ConfigError(f"top_p: must be in (0, 1], got {self.top_p!r}")
+        for name in ("group_size", "rollout_batch_size", "train_batch_size", "micro_batch_size",
+                     "update_epochs", "max_len", "max_prompt_len", "num_steps", "logprob_chunk_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"{name}: must be a positive integer, got {value!r}")
+        needs_group = (self.advantage_estimator in GROUP_ESTIMATORS or self.adv_weight == "clip_filter_like"
+                       or self.online_filter or self.dynamic_sampling)
+        if needs_group and self.group_size < 2:
+            raise ConfigError(f"group_size: must be >= 2 for advantage_estimator="
+                              f"{self.advantage_estimator!r} (a group baseline needs K >= 2), got {self.group_size}")
+        if self.overlong_buffer < 0 or self.overlong_buffer >= self.max_len:
+            raise ConfigError(f"overlong_buffer: must be in [0, max_len={self.max_len}), got {self.overlong_buffer!r}")
+        if self.task == "mmk12" and not self.data_path:
+            raise ConfigError("data_path: required when task='mmk12' (a local folder; nothing is downloaded)")
+
+
+def field_names() -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(RunConfig))
+
+
+def field_docs() -> dict[str, str]:
+    """Field name -> its docstring (parsed from the source, as tyro does), for --help and the docs."""
+    import ast
+    import inspect
+
+    tree = ast.parse(inspect.getsource(RunConfig))
+    body = tree.body[0].body
+    docs = {}
+    for node, nxt in zip(body, body[1:]):
+        if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
+            docs[node.target.id] = " ".join(str(nxt.value.value).split())
+    return docs
+
+
+def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{name}: unknown value {value!r}; allowed: {', '.join(allowed)}")
+
+
+__all__ = ["RunConfig", "PRESETS", "ConfigError", "preset_choices", "field_names", "field_docs",
+           "ALGORITHM_FIELDS", "ESTIMATORS", "SURROGATES", "AGGREGATIONS", "KL_ESTIMATORS"]
