@@ -92,7 +92,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "dr_grpo": dict(paper="https://arxiv.org/abs/2503.20783", advantage_estimator="dr_grpo",
                     surrogate="ppo_clip", aggregation="seq-mean-token-sum-norm"),
     "dapo": dict(paper="https://arxiv.org/abs/2503.14476", surrogate="ppo_clip", eps_low=0.2, eps_high=0.28,
-                 aggregation="token-mean", dynamic_sampling=True, overlong_buffer=64, overlong_penalty=1.0),
+                 aggregation="token-mean", dynamic_sampling=True, overlong_buffer=16, overlong_penalty=1.0),  # DAPO: 4096 of 20480
     "cispo": dict(paper="https://arxiv.org/abs/2506.13585", surrogate="cispo", cispo_cap=5.0,
                   aggregation="token-mean"),
     "gspo": dict(paper="https://arxiv.org/abs/2507.18071", surrogate="gspo", eps_low=3e-4, eps_high=4e-4,

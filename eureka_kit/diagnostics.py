@@ -1,0 +1,131 @@
+"""Diagnostics next to the loss: ratio tails, clip fractions by side, drift, reference KL, sentinels.
+
+Every metric is defined once here and documented in docs/algorithms.md ("Logged metrics"). All
+statistics are over valid (mask = 1) tokens, computed without gradient, returned as Python floats.
+Clip fractions use the *active* surrogate's own thresholds and log-ratio/ratio space (unlike
+MM-EUREKA's logged clip fraction, which hard-codes 0.2 in ratio space: note D10).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+RATIO_QUANTILES = (0.001, 0.01, 0.5, 0.99, 0.999)
+TAIL_LOG_RATIO = math.log(2.0)  # a token is in the ratio tail when r > 2 or r < 1/2
+
+
+def _quantile_name(q: float) -> str:
+    return "p" + f"{q * 100:g}".replace(".", "_")
+
+
+@torch.no_grad()
+def policy_stats(
+    log_ratio: Tensor, adv: Tensor, mask: Tensor, clip_info: dict[str, Tensor], *, drift_clip: float = 2.0
+) -> dict[str, float]:
+    """Ratio and clipping statistics of one loss evaluation.
+
+    Args:
+        log_ratio: [B, T] delta = logp - old_logp. adv: [B, T]. mask: [B, T] 0/1.
+        clip_info: the surrogate's bool masks (clipped_low, clipped_high, optionally dual_clipped).
+        drift_clip: CPGD's c, for `drift/capped_frac`.
+    Returns:
+        policy/ratio_{mean,min,max,p0_1,p1,p50,p99,p99_9}, policy/log_ratio_abs_max, policy/ratio_tail_frac,
+        policy/approx_kl (k3 of KL(pi_old || pi_theta): the policy drift), policy/clipfrac_{low,high},
+        policy/clipfrac, policy/dual_clipfrac (when dual-clip is on), drift/coef_mean, drift/capped_frac.
+    """
+    valid = mask.bool()
+    delta = log_ratio[valid].double()
+    if delta.numel() == 0:
+        return {"policy/num_tokens": 0.0}
+    ratio = delta.clamp(-20, 20).exp()
+    stats = {
+        "policy/num_tokens": float(delta.numel()),
+        "policy/ratio_mean": ratio.mean().item(),
+        "policy/ratio_min": ratio.min().item(),
+        "policy/ratio_max": ratio.max().item(),
+        "policy/log_ratio_abs_max": delta.abs().max().item(),
+        "policy/ratio_tail_frac": (delta.abs() > TAIL_LOG_RATIO).double().mean().item(),
+        "policy/approx_kl": (ratio - 1 - delta).mean().item(),
+        "drift/coef_mean": (ratio - 1).clamp(max=drift_clip).mean().item(),
+        "drift/capped_frac": (ratio - 1 > drift_clip).double().mean().item(),
+    }
+    sorted_ratio = ratio.sort().values
+    for q in RATIO_QUANTILES:
+        index = min(int(q * (sorted_ratio.numel() - 1) + 0.5), sorted_ratio.numel() - 1)
+        stats[f"policy/ratio_{_quantile_name(q)}"] = sorted_ratio[index].item()
+    low = clip_info.get("clipped_low", torch.zeros_like(valid))[valid].double().mean().item()
+    high = clip_info.get("clipped_high", torch.zeros_like(valid))[valid].double().mean().item()
+    stats.update({"policy/clipfrac_low": low, "policy/clipfrac_high": high, "policy/clipfrac": low + high})
+    if "dual_clipped" in clip_info:
+        stats["policy/dual_clipfrac"] = clip_info["dual_clipped"][valid].double().mean().item()
+    stats["adv/token_mean"] = adv[valid].double().mean().item()
+    return stats
+
+
+@torch.no_grad()
+def reference_kl_stats(logp: Tensor, ref_logp: Tensor, mask: Tensor) -> dict[str, float]:
+    """kl/ref_k1 and kl/ref_k3: mean estimates of KL(pi_theta || pi_ref) over valid tokens."""
+    u = (logp - ref_logp)[mask.bool()].double()
+    if u.numel() == 0:
+        return {}
+    return {"kl/ref_k1": u.mean().item(), "kl/ref_k3": (torch.exp(-u.clamp(-20, 20)) - 1 + u).mean().item()}
+
+
+# ---------------------------------------------------------------------------------------------
+# Collapse sentinels over a run's metric history (one dict per step, as in metrics.jsonl).
+
+SENTINEL_DEFAULTS = dict(
+    ratio_max=10.0,          # any token ratio above this is a blow-up precursor (MM-Eureka §4.5)
+    entropy_slope=-0.02,     # entropy falling faster than this per step, fitted over `window` steps
+    length_drop=0.5,         # mean response length below this fraction of its early-run median
+    format_gap=0.4,          # format reward (0..1 scaled) far above accuracy: reward hacking the format
+    window=10,
+)
+
+
+def collapse_warnings(history: list[dict[str, float]], **thresholds: float) -> list[dict[str, object]]:
+    """Warnings (step, kind, message, value) for the collapse precursors seen in a run's metric history.
+
+    Kinds: ratio_tail (policy/ratio_max above `ratio_max`), entropy_slope (least-squares slope of
+    policy/entropy over the last `window` steps below `entropy_slope`), length_collapse
+    (rollout/len_mean below `length_drop` x the median of the first `window` steps: PG/PGD's
+    `<think>`-only collapse), format_divergence (reward/format_frac - reward/accuracy above `format_gap`).
+    Missing metrics are skipped, so this works on any subset of the documented keys.
+    """
+    t = {**SENTINEL_DEFAULTS, **thresholds}
+    window = int(t["window"])
+    warnings: list[dict[str, object]] = []
+
+    def warn(step: int, kind: str, value: float, message: str) -> None:
+        warnings.append({"step": step, "kind": kind, "value": value, "message": message})
+
+    lengths = [h["rollout/len_mean"] for h in history if "rollout/len_mean" in h]
+    early_length = sorted(lengths[:window])[len(lengths[:window]) // 2] if lengths else None
+    for i, h in enumerate(history):
+        step = int(h.get("step", i))
+        if h.get("policy/ratio_max", 0.0) > t["ratio_max"]:
+            warn(step, "ratio_tail", h["policy/ratio_max"], f"max token ratio {h['policy/ratio_max']:.3g} > {t['ratio_max']}")
+        if early_length and i >= window and h.get("rollout/len_mean", early_length) < t["length_drop"] * early_length:
+            warn(step, "length_collapse", h["rollout/len_mean"],
+                 f"mean response length {h['rollout/len_mean']:.1f} < {t['length_drop']} x early median {early_length:.1f}")
+        if "reward/format_frac" in h and "reward/accuracy" in h:
+            gap = h["reward/format_frac"] - h["reward/accuracy"]
+            if gap > t["format_gap"]:
+                warn(step, "format_divergence", gap, f"format reward outruns accuracy by {gap:.2f}")
+        entropies = [x.get("policy/entropy") for x in history[max(0, i - window + 1): i + 1]]
+        if i + 1 >= window and all(e is not None for e in entropies):
+            slope = _slope(entropies)
+            if slope < t["entropy_slope"]:
+                warn(step, "entropy_slope", slope, f"entropy falling at {slope:.3g}/step over {window} steps")
+    return warnings
+
+
+def _slope(values: list[float]) -> float:
+    n = len(values)
+    x_mean, y_mean = (n - 1) / 2, sum(values) / n
+    num = sum((i - x_mean) * (v - y_mean) for i, v in enumerate(values))
+    den = sum((i - x_mean) ** 2 for i in range(n))
+    return num / den if den else 0.0
