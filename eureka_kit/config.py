@@ -69,30 +69,34 @@ _NEUTRAL: dict[str, Any] = dict(
 ALGORITHM_FIELDS = tuple(_NEUTRAL)
 
 CPGD_PAPER = "https://arxiv.org/abs/2505.12504"
-_CPGD = dict(surrogate="cpg", drift_coef=0.01, drift_clip=2.0, aggregation="seq-mean-token-mean")
+# The CPGD ladder aggregates as the paper's Eq. 2 (token mean within each prompt's group, then mean over
+# prompts); MM-EUREKA's code uses seq-mean-token-mean (note D2): override `aggregation` to match it.
+_CPGD_LADDER = dict(aggregation="group-token-mean")
+_DRIFT = dict(drift_coef=0.01, drift_clip=2.0)
+# The PPO-clip baselines of CPGD Table 1 ran through MM-EUREKA's code path: seq-mean-token-mean, and
+# RLOO whitened over the batch (the CPGD paper's RLOO definition, note D4).
+_PPO = dict(surrogate="ppo_clip", aggregation="seq-mean-token-mean")
 
 PRESETS: dict[str, dict[str, Any]] = {
     # CPGD ablation ladder (CPGD report Table 2). STD weight = GRPO advantage, as the released script.
-    "pg": dict(paper=CPGD_PAPER, surrogate="pg"),
-    "cpg": dict(paper=CPGD_PAPER, surrogate="cpg"),
-    "pgd": dict(paper=CPGD_PAPER, surrogate="pg", drift_coef=0.01, drift_clip=2.0),
-    "cpgd": dict(paper=CPGD_PAPER, **_CPGD),
-    # GRPO family (DeepSeekMath; MM-Eureka arXiv 2503.07365 Eq. 1).
-    "grpo": dict(paper="https://arxiv.org/abs/2402.03300", surrogate="ppo_clip"),
-    "grpo_kl": dict(paper="https://arxiv.org/abs/2402.03300", surrogate="ppo_clip", kl_coef=1e-3),
-    "grpo_dual_clip": dict(paper="https://arxiv.org/abs/1912.09729", surrogate="ppo_clip", dual_clip=3.0),
-    # Estimator baselines (CPGD Table 1 rows), PPO-clip surrogate, token-mean as in OpenRLHF.
-    "rloo": dict(paper="https://arxiv.org/abs/2402.14740", advantage_estimator="rloo",
-                 surrogate="ppo_clip", aggregation="token-mean"),
-    "reinforce_pp": dict(paper="https://arxiv.org/abs/2501.03262", advantage_estimator="reinforce_pp",
-                         surrogate="ppo_clip", aggregation="token-mean"),
+    "pg": dict(paper=CPGD_PAPER, surrogate="pg", **_CPGD_LADDER),
+    "cpg": dict(paper=CPGD_PAPER, surrogate="cpg", **_CPGD_LADDER),
+    "pgd": dict(paper=CPGD_PAPER, surrogate="pg", **_DRIFT, **_CPGD_LADDER),
+    "cpgd": dict(paper=CPGD_PAPER, surrogate="cpg", **_DRIFT, **_CPGD_LADDER),
+    # GRPO family (DeepSeekMath; MM-Eureka arXiv 2503.07365 Eq. 1). grpo_dual_clip = the released
+    # GRPO code, which always pre-clamps r <= 3 (open point 1: both are offered).
+    "grpo": dict(paper="https://arxiv.org/abs/2402.03300", **_PPO),
+    "grpo_kl": dict(paper="https://arxiv.org/abs/2402.03300", **_PPO, kl_coef=1e-3, kl_estimator="k3"),
+    "grpo_dual_clip": dict(paper="https://arxiv.org/abs/1912.09729", **_PPO, dual_clip=3.0),
+    "rloo": dict(paper="https://arxiv.org/abs/2402.14740", advantage_estimator="rloo", whiten_advantages=True, **_PPO),
+    "reinforce_pp": dict(paper="https://arxiv.org/abs/2501.03262", advantage_estimator="reinforce_pp", **_PPO),
     "reinforce_pp_baseline": dict(paper="https://arxiv.org/abs/2501.03262",
-                                  advantage_estimator="reinforce_pp_baseline",
-                                  surrogate="ppo_clip", aggregation="token-mean"),
+                                  advantage_estimator="reinforce_pp_baseline", **_PPO),
     "dr_grpo": dict(paper="https://arxiv.org/abs/2503.20783", advantage_estimator="dr_grpo",
                     surrogate="ppo_clip", aggregation="seq-mean-token-sum-norm"),
+    # DAPO: L_cache = 4096 of L_max = 20480 in the paper; 16 tokens here fits the toy's max_len = 64.
     "dapo": dict(paper="https://arxiv.org/abs/2503.14476", surrogate="ppo_clip", eps_low=0.2, eps_high=0.28,
-                 aggregation="token-mean", dynamic_sampling=True, overlong_buffer=16, overlong_penalty=1.0),  # DAPO: 4096 of 20480
+                 aggregation="token-mean", dynamic_sampling=True, overlong_buffer=16, overlong_penalty=1.0),
     "cispo": dict(paper="https://arxiv.org/abs/2506.13585", surrogate="cispo", cispo_cap=5.0,
                   aggregation="token-mean"),
     "gspo": dict(paper="https://arxiv.org/abs/2507.18071", surrogate="gspo", eps_low=3e-4, eps_high=4e-4,
@@ -153,7 +157,7 @@ class RunConfig:
     """reference-KL weight beta (0 = no reference model is loaded)"""
     kl_estimator: str = "k3"
     """reference-KL estimator k1 | k2 | k3 (Schulman)"""
-    aggregation: str = "seq-mean-token-mean"
+    aggregation: str = "group-token-mean"
     """token-mean | seq-mean-token-mean | seq-mean-token-sum | seq-mean-token-sum-norm | group-token-mean"""
 
     # --- filters and reward shaping --------------------------------------------------------
@@ -181,8 +185,9 @@ class RunConfig:
     """local MMK12 folder (parquet or MM-EUREKA jsonl); required when task='mmk12'"""
     multimodal: bool = False
     """use the image variant of the toy world (needs model='toy-vl' or a VLM)"""
-    prompt_template: str = "cpgd_7b"
-    """system prompt: cpgd_7b (CPGD report Table 3) | mmeureka_32b | none"""
+    prompt_template: str = "none"
+    """system prompt: cpgd_7b (CPGD report Table 3) | mmeureka_32b | none (toy default: a 500-char system
+    prompt would swamp a char-level toy model; use cpgd_7b for real models)"""
     format_reward: bool = True
     """add the 0/0.5 format reward to the accuracy reward in the advantage (MM-EUREKA code)"""
     mmeureka_compat: bool = False
@@ -318,6 +323,10 @@ class RunConfig:
         if needs_group and self.group_size < 2:
             raise ConfigError(f"group_size: must be >= 2 for advantage_estimator="
                               f"{self.advantage_estimator!r} (a group baseline needs K >= 2), got {self.group_size}")
+        if self.aggregation == "group-token-mean" and (self.train_batch_size % self.group_size
+                                                       or self.micro_batch_size % self.group_size):
+            raise ConfigError(f"train_batch_size/micro_batch_size: must be multiples of group_size={self.group_size} "
+                              f"for aggregation='group-token-mean', got {self.train_batch_size}/{self.micro_batch_size}")
         if self.overlong_buffer < 0 or self.overlong_buffer >= self.max_len:
             raise ConfigError(f"overlong_buffer: must be in [0, max_len={self.max_len}), got {self.overlong_buffer!r}")
         if self.task == "mmk12" and not self.data_path:

@@ -38,8 +38,9 @@ def _safe_exp(log_ratio: Tensor) -> Tensor:
 
 # ---------------------------------------------------------------------------------------------
 # Surrogates. Each returns (per_token_loss [B, T], info) where info holds [B, T] bool masks:
-#   clipped_low  - A < 0 and the ratio fell below the lower bound (gradient cut or weight capped)
-#   clipped_high - A > 0 and the ratio rose above the upper bound
+#   clipped_low  - A < 0 and the ratio fell below the lower bound (the gradient is cut)
+#   clipped_high - A > 0 and the ratio rose above the upper bound (the gradient is cut)
+#   (CISPO cuts no gradient: there the masks mark IS weights held at a bound, whatever the sign of A)
 #   dual_clipped - A < 0 and r > c (dual-clip only)
 
 
@@ -92,17 +93,17 @@ def cispo_loss(log_ratio: Tensor, adv: Tensor, cispo_cap: float) -> tuple[Tensor
     """CISPO, TRL form (`loss_type="cispo"`): loss = -sg(min(r, cap)) * A * delta; cap is absolute (e.g. 5).
 
     Every token keeps a gradient, -min(r, cap)*A*grad(logp); only the weight is capped, no lower bound.
+    `clipped_high` marks capped weights (any sign of A).
     """
     ratio = _safe_exp(log_ratio)
     weight = ratio.clamp(max=cispo_cap).detach()
-    capped = ratio > cispo_cap
-    return -weight * adv * log_ratio, {"clipped_high": capped & (adv > 0), "clipped_low": capped & (adv < 0)}
+    return -weight * adv * log_ratio, {"clipped_high": ratio > cispo_cap, "clipped_low": torch.zeros_like(ratio, dtype=torch.bool)}
 
 
 def cispo_verl_loss(log_ratio: Tensor, adv: Tensor, eps_low: float, eps_high: float) -> tuple[Tensor, dict[str, Tensor]]:
     """CISPO, verl form (`loss_mode: cispo`): loss = -sg(clip(r, 1-el, 1+eh)) * A * delta.
 
-    `clipped_high`/`clipped_low` here mark the weight's upper/lower bound being active (gradient kept).
+    `clipped_high`/`clipped_low` mark the weight's upper/lower bound being active (any sign of A; gradient kept).
     """
     ratio = _safe_exp(log_ratio)
     weight = ratio.clamp(1 - eps_low, 1 + eps_high).detach()
