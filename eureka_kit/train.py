@@ -1,0 +1,345 @@
+"""`train(cfg) -> Run`: the one RL loop. Notebooks, the CLI and the tests all call this function.
+
+One step: sample prompts -> rollout (K per prompt) -> rewards -> online filter / dynamic sampling with
+refill -> advantages x CPGD weights -> old (and reference) log-probs -> for each update epoch and
+minibatch of `train_batch_size` responses: new log-probs (chunked, fused with the output projection),
+`losses.policy_loss`, backward with exact gradient accumulation, grad clip, optimizer step ->
+diagnostics -> run directory.
+
+Departures from MM-EUREKA worth knowing: the online filter keeps whole groups and stops refilling
+after MAX_ROLLOUTS_PER_STEP rollouts (training on what it has, logged as filter/short_batch) instead
+of looping forever when every group is solved; micro-batch losses are weighted so that gradient
+accumulation equals one aggregate over the optimizer batch (the code's D2 per-micro-batch mean is the
+special case micro_batch_size = 1 with seq-mean-token-mean). Not yet here: vLLM rollouts, DeepSpeed,
+two-stage configs, resume from checkpoint.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from tqdm import tqdm
+
+from eureka_kit import advantages, filters, losses, ops, rewards, rollout
+from eureka_kit.config import RunConfig
+from eureka_kit.models import tokenizer_of
+from eureka_kit.rollout import Rollouts
+from eureka_kit.runs import RunDir
+
+MAX_ROLLOUTS_PER_STEP = 8
+
+
+@dataclass
+class Run:
+    """What `train` returns: the config, the run directory, the metric history and the trained policy."""
+
+    cfg: RunConfig
+    path: Path
+    history: list[dict[str, Any]] = field(default_factory=list)
+    policy: Any = None
+    processor: Any = None
+
+    @property
+    def dir(self) -> RunDir:
+        return RunDir(self.path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Log-probs of completions under a policy.
+
+
+def completion_logprobs(policy, ro: Rollouts, rows: Tensor, cfg: RunConfig, *, with_entropy: bool = False):
+    """Per-token log-probs (at the sampling temperature) of `ro`'s completions `rows` under `policy`.
+
+    Runs the backbone once over prompt + completion and projects only the completion positions, chunked
+    (never a [B, T, V] fp32 tensor). Returns logp [b, T] fp32 (and entropy [b, T] when asked).
+    """
+    device = next(policy.parameters()).device
+    prompt_ids, prompt_mask = ro.prompt_ids[rows], ro.prompt_mask[rows]
+    completion_ids, completion_mask = ro.completion_ids[rows], ro.completion_mask[rows]
+    input_ids = torch.cat([prompt_ids, completion_ids], dim=1).to(device)
+    attention = torch.cat([prompt_mask, completion_mask], dim=1).to(device)
+    kwargs: dict[str, Tensor] = {}
+    if ro.mm_inputs is not None:
+        kwargs = {k: v.to(device) for k, v in rollout.merge_mm([ro.mm_inputs[i] for i in rows.tolist()]).items()}
+    if not hasattr(policy.config, "vision_config"):
+        # Left-padded prompts: positions must count real tokens only (VL models derive their own M-RoPE ids).
+        kwargs["position_ids"] = (attention.cumsum(dim=1) - 1).clamp(min=0)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16 and device.type == "cuda"):
+        hidden = policy.model(input_ids=input_ids, attention_mask=attention, **kwargs).last_hidden_state
+    P = prompt_ids.shape[1]
+    hidden = hidden[:, P - 1 : -1]  # position t predicts completion token t
+    head = policy.get_output_embeddings()
+    return ops.token_logprobs_from_hidden(
+        hidden, head.weight, completion_ids.to(device), chunk_size=cfg.logprob_chunk_size,
+        bias=getattr(head, "bias", None), temperature=cfg.temperature, return_entropy=with_entropy,
+    )
+
+
+@torch.no_grad()
+def batched_logprobs(policy, ro: Rollouts, cfg: RunConfig, *, with_entropy: bool = False):
+    """`completion_logprobs` over every row of `ro` in micro-batches, without gradient (on CPU)."""
+    outs, ents = [], []
+    for rows in torch.arange(len(ro.texts)).split(cfg.micro_batch_size):
+        out = completion_logprobs(policy, ro, rows, cfg, with_entropy=with_entropy)
+        logp, ent = out if with_entropy else (out, None)
+        outs.append(logp.float().cpu())
+        if with_entropy:
+            ents.append(ent.float().cpu())
+    logp = torch.cat(outs)
+    return (logp, torch.cat(ents)) if with_entropy else logp
+
+
+# ---------------------------------------------------------------------------------------------
+# Data: an endless, seeded, epoch-shuffled stream of training problems.
+
+
+class ProblemStream:
+    def __init__(self, problems: list[dict], seed: int):
+        if not problems:
+            raise ValueError("problems: the training set is empty")
+        self.problems, self.rng, self.order, self.cursor, self.epoch = problems, random.Random(seed), [], 0, 0
+
+    def take(self, n: int) -> list[dict]:
+        out = []
+        while len(out) < n:
+            if self.cursor >= len(self.order):
+                self.order = list(range(len(self.problems)))
+                self.rng.shuffle(self.order)
+                self.cursor, self.epoch = 0, self.epoch + 1
+            out.append(self.problems[self.order[self.cursor]])
+            self.cursor += 1
+        return out
+
+
+def load_problems(cfg: RunConfig, split: str = "train", subject: str = "math") -> list[dict]:
+    if cfg.task == "toyworld":
+        from eureka_kit.tasks import toyworld
+
+        return toyworld.load(split, subject, seed=cfg.seed, multimodal=cfg.multimodal)
+    from eureka_kit.tasks import mmk12
+
+    return mmk12.load(cfg.data_path, split=split)
+
+
+# ---------------------------------------------------------------------------------------------
+# One step's batch: rollouts, rewards, filter with refill.
+
+
+def _score(ro: Rollouts, cfg: RunConfig) -> dict[str, Tensor]:
+    golds = [str(ro.problems[i]["answer"]) for i in ro.problem_index.tolist()]
+    parts = rewards.score_batch(ro.texts, golds, compat=cfg.mmeureka_compat, timeout=cfg.reward_timeout,
+                                use_format=cfg.format_reward)
+    scored = {k: torch.tensor([p[k] for p in parts], dtype=torch.float32) for k in ("accuracy", "format", "total")}
+    scored["total"] = scored["total"] + filters.overlong_penalty(ro.lengths, cfg.max_len, cfg.overlong_buffer,
+                                                                 cfg.overlong_penalty)
+    return scored
+
+
+def collect_batch(policy, processor, stream: ProblemStream, cfg: RunConfig, gen: torch.Generator):
+    """Roll out until `rollout_batch_size` prompts pass the active filter (whole groups, first come)."""
+    target = cfg.rollout_batch_size * cfg.group_size
+    parts, scores, kept, num_rollouts, num_seen = [], [], 0, 0, 0
+    while kept < target and num_rollouts < MAX_ROLLOUTS_PER_STEP:
+        ro = rollout.generate(policy, processor, stream.take(cfg.rollout_batch_size), cfg, gen)
+        sc = _score(ro, cfg)
+        num_rollouts, num_seen = num_rollouts + 1, num_seen + len(ro.texts)
+        if cfg.online_filter:
+            keep = filters.online_filter_mask(sc["accuracy"], cfg.group_size, cfg.filter_lower, cfg.filter_upper)
+        elif cfg.dynamic_sampling:
+            keep = filters.dynamic_sampling_mask(sc["accuracy"], cfg.group_size)
+        else:
+            keep = torch.ones(len(ro.texts), dtype=torch.bool)
+        index = filters.take_until_full(kept, keep, target)
+        if len(index):
+            parts.append(ro.select(index))
+            scores.append({k: v[index] for k, v in sc.items()})
+            kept += len(index)
+    stats = {"filter/rollouts": num_rollouts, "filter/kept_frac": kept / max(num_seen, 1),
+             "filter/short_batch": float(kept < target)}
+    if not parts:
+        return None, None, stats
+    return Rollouts.concat(parts), {k: torch.cat([s[k] for s in scores]) for k in scores[0]}, stats
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def _lr_lambda(cfg: RunConfig, total_steps: int):
+    def factor(step: int) -> float:
+        if cfg.warmup_steps and step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        progress = min(1.0, (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps))
+        if cfg.lr_schedule == "cosine_with_min_lr":  # MM-EUREKA: min lr = 0.1 lr
+            return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+        if cfg.lr_schedule == "linear":
+            return 1.0 - progress
+        return 1.0
+
+    return factor
+
+
+def _merge_stats(all_stats: list[dict[str, float]]) -> dict[str, float]:
+    """Combine micro-batch stats: max of maxima, min of minima, mean of the rest."""
+    merged: dict[str, float] = {}
+    for key in all_stats[0]:
+        values = [s[key] for s in all_stats if key in s]
+        merged[key] = max(values) if key.endswith("_max") else min(values) if key.endswith("_min") else float(np.mean(values))
+    return merged
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def train(cfg: RunConfig, *, policy=None, processor=None, problems: list[dict] | None = None,
+          progress: bool = True) -> Run:
+    """Run RL for `cfg.num_steps` steps and return the `Run` (its directory holds everything)."""
+    from eureka_kit import models
+
+    gen = seed_everything(cfg.seed)
+    if policy is None:
+        policy, processor = models.load(cfg.model, trust_remote_code=cfg.trust_remote_code, seed=cfg.seed)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    policy.to(device).train()
+    if cfg.freeze_vision:
+        models.freeze_vision(policy)
+    if cfg.gradient_checkpointing:
+        policy.gradient_checkpointing_enable()
+    ref_policy = None
+    if cfg.kl_coef > 0:  # a reference model only when a reference KL is on
+        import copy
+
+        ref_policy = copy.deepcopy(policy).eval().requires_grad_(False)
+    stream = ProblemStream(problems if problems is not None else load_problems(cfg), cfg.seed)
+
+    params = [p for p in policy.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.adam_betas, weight_decay=cfg.weight_decay)
+    batch = cfg.rollout_batch_size * cfg.group_size
+    opt_steps_per_rollout = cfg.update_epochs * math.ceil(batch / cfg.train_batch_size)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg, cfg.num_steps * opt_steps_per_rollout))
+
+    run_path = Path(cfg.run_dir or f"runs/{cfg.preset}-seed{cfg.seed}")
+    run_dir = RunDir(run_path).create(cfg.to_dict())
+    run = Run(cfg=cfg, path=run_path, policy=policy, processor=processor)
+    bar = tqdm(range(cfg.num_steps), desc=f"{cfg.preset}", disable=not progress, dynamic_ncols=False, ncols=120)
+    for step in bar:
+        t0 = time.perf_counter()
+        policy.eval()
+        ro, scored, metrics = collect_batch(policy, processor, stream, cfg, gen)
+        policy.train()
+        t_rollout = time.perf_counter() - t0
+        metrics["step"] = step
+        if ro is None:  # every group was filtered out MAX_ROLLOUTS_PER_STEP times: nothing to learn from
+            metrics["optim/skipped"] = 1.0
+            run_dir.log_metrics(metrics)
+            run.history.append(metrics)
+            continue
+        B = len(ro.texts)
+        mask = ro.completion_mask.float()
+        if cfg.mask_truncated:
+            mask = filters.truncation_mask(ro.truncated, mask)
+        lengths = ro.lengths.float()
+        adv = advantages.compute(scored["total"], cfg.group_size, cfg.advantage_estimator, std_eps=cfg.std_eps,
+                                 lengths=lengths, whiten=cfg.whiten_advantages)
+        if cfg.adv_weight == "clip_filter_like":
+            adv = adv * advantages.clip_filter_like_weights(scored["total"], cfg.group_size, cfg.adv_weight_cap)
+
+        old_logp, entropy = batched_logprobs(policy, ro, cfg, with_entropy=True)  # (B, T)
+        ref_logp = batched_logprobs(ref_policy, ro, cfg) if ref_policy is not None else None
+        new_logp = old_logp.clone()
+        step_stats, grad_norms, skipped = [], [], 0
+        for _epoch in range(cfg.update_epochs):
+            # Shuffle whole groups, so every minibatch holds complete groups (group-token-mean needs them).
+            K = cfg.group_size if B % cfg.group_size == 0 else 1
+            groups = torch.randperm(B // K, generator=gen)
+            order = (groups[:, None] * K + torch.arange(K)[None, :]).reshape(-1)
+            for minibatch in order.split(cfg.train_batch_size):
+                units = losses.aggregation_units(mask[minibatch], cfg.aggregation, group_size=cfg.group_size)
+                for micro in minibatch.split(cfg.micro_batch_size):
+                    logp = completion_logprobs(policy, ro, micro, cfg)
+                    loss, stats = losses.policy_loss(
+                        logp, old_logp[micro].to(logp.device), adv[micro].to(logp.device), mask[micro].to(logp.device),
+                        cfg=cfg, ref_logp=None if ref_logp is None else ref_logp[micro].to(logp.device))
+                    weight = losses.aggregation_units(mask[micro], cfg.aggregation, group_size=cfg.group_size) / max(units, 1e-9)
+                    (loss * weight).backward()
+                    new_logp[micro] = logp.detach().float().cpu()
+                    step_stats.append(stats)
+                grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+                if not torch.isfinite(grad_norm):  # never step on a NaN/Inf gradient; count it instead
+                    skipped += 1
+                    optimizer.zero_grad(set_to_none=True)
+                    continue
+                grad_norms.append(grad_norm.item())
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+
+        zero_std = advantages.zero_std_groups(scored["total"], cfg.group_size).float().mean().item() if B % cfg.group_size == 0 else float("nan")
+        valid_tokens = mask.sum().clamp(min=1)
+        dt = time.perf_counter() - t0
+        metrics.update(_merge_stats(step_stats))
+        metrics.update({
+            "reward/mean": scored["total"].mean().item(),
+            "reward/std": scored["total"].std().item() if B > 1 else 0.0,
+            "reward/accuracy": scored["accuracy"].mean().item(),
+            "reward/format_frac": (scored["format"] > 0).float().mean().item(),
+            "reward/frac_zero_std": zero_std,
+            "adv/mean": adv.mean().item(), "adv/abs_max": adv.abs().max().item(),
+            "rollout/len_mean": lengths.mean().item(),
+            "rollout/truncated_frac": ro.truncated.float().mean().item(),
+            "rollout/logp_mismatch": ((ro.rollout_logp - old_logp).abs() * mask).sum().item() / valid_tokens.item(),
+            "policy/entropy": (entropy * mask).sum().item() / valid_tokens.item(),
+            "optim/grad_norm": float(np.mean(grad_norms)) if grad_norms else float("nan"),
+            "optim/lr": scheduler.get_last_lr()[0],
+            "optim/skipped_steps": float(skipped),
+            "perf/step_s": dt, "perf/rollout_s": t_rollout,
+            "perf/tokens_per_s": (ro.prompt_mask.sum() + ro.completion_mask.sum()).item() / dt,
+        })
+        run_dir.log_metrics(metrics)
+        run.history.append(metrics)
+        run_dir.write_rollouts(step, _rollout_rows(step, ro, scored, adv, old_logp, new_logp, mask, processor,
+                                                  cfg.group_size))
+        run_dir.add_problem_attempts(step, [ro.problems[i]["id"] for i in ro.problem_index.tolist()],
+                                     [ro.problems[i].get("subject", "math") for i in ro.problem_index.tolist()],
+                                     scored["accuracy"].tolist())
+        bar.set_postfix(reward=f"{metrics['reward/mean']:.2f}", acc=f"{metrics['reward/accuracy']:.2f}",
+                        ratio_max=f"{metrics.get('policy/ratio_max', 1):.2f}",
+                        clip=f"{metrics.get('policy/clipfrac', 0):.3f}")
+        if cfg.save_every and (step + 1) % cfg.save_every == 0:
+            run_dir.save_checkpoint(step, policy, optimizer, {"cursor": stream.cursor, "epoch": stream.epoch})
+    run_dir.flush_problems()
+    run_dir.save_checkpoint(cfg.num_steps - 1, policy, optimizer, {"cursor": stream.cursor, "epoch": stream.epoch})
+    return run
+
+
+def _rollout_rows(step, ro: Rollouts, scored, adv, old_logp, new_logp, mask, processor,
+                  group_size: int) -> list[dict[str, Any]]:
+    """One parquet row per response, per-token arrays trimmed to the response length."""
+    rows = []
+    for i in range(len(ro.texts)):
+        n = int(ro.completion_mask[i].sum())
+        problem = ro.problems[int(ro.problem_index[i])]
+        rows.append({
+            "step": step, "sample": i, "group": i // group_size,
+            "problem_id": problem["id"], "subject": problem.get("subject", "math"), "level": problem.get("level"),
+            "answer": str(problem["answer"]), "completion": ro.texts[i], "finish_reason": ro.finish_reasons[i],
+            "reward": float(scored["total"][i]), "accuracy": float(scored["accuracy"][i]),
+            "format": float(scored["format"][i]), "advantage": float(adv[i]),
+            "token_ids": ro.completion_ids[i, :n].tolist(),
+            "tokens": tokenizer_of(processor).convert_ids_to_tokens(ro.completion_ids[i, :n].tolist()),
+            "rollout_logp": ro.rollout_logp[i, :n].tolist(), "old_logp": old_logp[i, :n].tolist(),
+            "new_logp": new_logp[i, :n].tolist(), "loss_mask": mask[i, :n].tolist(),
+        })
+    return rows
