@@ -18,8 +18,74 @@ def _add_selfcheck(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_selfcheck)
 
 
+def _report(args: argparse.Namespace) -> int:
+    from eureka_kit import report
+
+    overrides = {"num_steps": args.steps} if args.steps else {}
+    report.toy_report(args.out, tuple(args.presets.split(",")), seed=args.seed, eval_samples=args.eval_samples,
+                      **overrides)
+    return 0
+
+
+def _add_report(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("report", help="run the toy-world ablation and write an HTML report")
+    p.add_argument("--out", default="reports/toy_world", help="output folder (index.html, runs/)")
+    p.add_argument("--presets", default="grpo,cpgd", help="comma-separated presets to compare")
+    p.add_argument("--steps", type=int, default=0, help="RL steps per preset (0 = report default)")
+    p.add_argument("--eval-samples", type=int, default=8, help="samples per test problem")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_report)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from eureka_kit.config import RunConfig
+    from eureka_kit.train import train
+
+    overrides = {k: v for k, v in vars(args).items() if k in _config_fields() and v is not None}
+    run = train(RunConfig.from_preset(args.preset, **overrides))
+    print(f"run directory: {run.path}")
+    return 0
+
+
+def _config_fields() -> dict[str, object]:
+    import dataclasses
+
+    from eureka_kit.config import RunConfig
+
+    return {f.name: f.default for f in dataclasses.fields(RunConfig) if f.name != "preset"}
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    from eureka_kit.config import PRESETS, field_docs
+
+    p = sub.add_parser("train", help="RL-train one preset (every RunConfig field is a flag)")
+    p.add_argument("--preset", default="cpgd", choices=list(PRESETS))
+    docs = field_docs()
+    for name, default in _config_fields().items():
+        flag = "--" + name.replace("_", "-")
+        if isinstance(default, bool):
+            p.add_argument(flag, dest=name, type=lambda s: s.lower() in ("1", "true", "yes"), help=docs.get(name))
+        elif isinstance(default, (int, float, str)):
+            p.add_argument(flag, dest=name, type=type(default), help=docs.get(name))
+        else:  # None-default or tuple fields: parse as JSON-ish float/None
+            p.add_argument(flag, dest=name, type=_loose, help=docs.get(name))
+    p.set_defaults(func=_train)
+
+
+def _loose(text: str):
+    """'none' -> None, JSON numbers/lists -> values, anything else stays a string (paths)."""
+    import json
+
+    if text.lower() == "none":
+        return None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
 # Each entry adds one subcommand (parser + handler). Other modules register theirs here.
-SUBCOMMANDS = [_add_selfcheck]
+SUBCOMMANDS = [_add_selfcheck, _add_report, _add_train]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -123,12 +123,17 @@ def merge_mm(rows: list[dict[str, Tensor]] | None) -> dict[str, Tensor]:
 
 
 @torch.no_grad()
-def generate_hf(policy, processor, problems: list[dict], cfg, generator: torch.Generator | None = None) -> Rollouts:
-    """Sample `cfg.group_size` completions for each problem with transformers `generate`."""
+def generate_hf(policy, processor, problems: list[dict], cfg, generator: torch.Generator | None = None,
+                *, num_samples: int | None = None, greedy: bool = False) -> Rollouts:
+    """Sample `num_samples` (default `cfg.group_size`) completions per problem with transformers `generate`.
+
+    `greedy=True` decodes greedily (evaluation protocol, ALGORITHMS.md §4.3); rollout_logp then holds the
+    temperature-1 log-probs of the chosen tokens.
+    """
     tok = tokenizer_of(processor)
     device = next(policy.parameters()).device
     ids, attn, mm = encode_prompts(processor, problems, cfg.prompt_template, cfg.multimodal, cfg.max_prompt_len)
-    K = cfg.group_size
+    K = num_samples or cfg.group_size
     ids, attn = ids.repeat_interleave(K, dim=0), attn.repeat_interleave(K, dim=0)
     mm_rows = None if mm is None else [m for m in mm for _ in range(K)]
     if generator is not None:  # transformers samples from the global RNG; seed it from ours
@@ -137,7 +142,8 @@ def generate_hf(policy, processor, problems: list[dict], cfg, generator: torch.G
     policy.eval()
     out = policy.generate(
         input_ids=ids.to(device), attention_mask=attn.to(device), **{k: v.to(device) for k, v in merge_mm(mm_rows).items()},
-        do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p, top_k=0, max_new_tokens=cfg.max_len,
+        **(dict(do_sample=False) if greedy else dict(do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p, top_k=0)),
+        max_new_tokens=cfg.max_len,
         pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
         output_scores=True, return_dict_in_generate=True,
     )
@@ -164,7 +170,7 @@ def generate_hf(policy, processor, problems: list[dict], cfg, generator: torch.G
     )
 
 
-def generate_vllm(policy, processor, problems, cfg, generator=None) -> Rollouts:
+def generate_vllm(policy, processor, problems, cfg, generator=None, **kwargs) -> Rollouts:
     raise NotImplementedError(
         "rollout_backend: 'vllm' is not available in this build yet; use rollout_backend='hf'"
     )
@@ -173,6 +179,7 @@ def generate_vllm(policy, processor, problems, cfg, generator=None) -> Rollouts:
 BACKENDS = {"hf": generate_hf, "vllm": generate_vllm}
 
 
-def generate(policy, processor, problems: list[dict], cfg, generator: torch.Generator | None = None) -> Rollouts:
-    """Dispatch to `cfg.rollout_backend`."""
-    return BACKENDS[cfg.rollout_backend](policy, processor, problems, cfg, generator)
+def generate(policy, processor, problems: list[dict], cfg, generator: torch.Generator | None = None,
+             **kwargs) -> Rollouts:
+    """Dispatch to `cfg.rollout_backend` (kwargs: num_samples, greedy)."""
+    return BACKENDS[cfg.rollout_backend](policy, processor, problems, cfg, generator, **kwargs)
