@@ -42,8 +42,17 @@ def _grouped(rewards: Tensor, group_size: int) -> Tensor:
 
 def group_mean_centered(rewards: Tensor, group_size: int) -> Tensor:
     """R_k - mean of its group. Args: rewards [B] float. Returns: [B]."""
-    grouped = _grouped(rewards, group_size)
-    return (grouped - grouped.mean(dim=1, keepdim=True)).reshape(-1)
+    return _centered(_grouped(rewards, group_size)).reshape(-1)
+
+
+def _centered(grouped: Tensor) -> Tensor:
+    """[N, K] -> R - group mean, exactly 0 for all-equal groups.
+
+    The float mean of K equal non-dyadic values (e.g. 0.1) can miss the value by an ulp; divided by
+    std + 1e-9 that residue became an advantage of about +-0.9 for a zero-variance group.
+    """
+    centered = grouped - grouped.mean(dim=1, keepdim=True)
+    return torch.where((grouped == grouped[:, :1]).all(dim=1, keepdim=True), torch.zeros_like(centered), centered)
 
 
 def group_zscore(rewards: Tensor, group_size: int, std_eps: float = 1e-9) -> Tensor:
@@ -53,14 +62,14 @@ def group_zscore(rewards: Tensor, group_size: int, std_eps: float = 1e-9) -> Ten
     """
     grouped = _grouped(rewards, group_size)
     std = grouped.std(dim=1, keepdim=True, unbiased=True)
-    return ((grouped - grouped.mean(dim=1, keepdim=True)) / (std + std_eps)).reshape(-1)
+    return (_centered(grouped) / (std + std_eps)).reshape(-1)
 
 
 def leave_one_out(rewards: Tensor, group_size: int) -> Tensor:
     """RLOO: R_k - (1/(K-1)) sum_{k' != k} R_k'. Sums to zero within each group. Returns [B]."""
     grouped = _grouped(rewards, group_size)
-    others_mean = (grouped.sum(dim=1, keepdim=True) - grouped) / (group_size - 1)
-    return (grouped - others_mean).reshape(-1)
+    # K/(K-1) (R - mean) is the same quantity, and is exactly 0 for a zero-variance group.
+    return (_centered(grouped) * (group_size / (group_size - 1))).reshape(-1)
 
 
 def global_whiten(values: Tensor, lengths: Tensor | None = None) -> Tensor:
