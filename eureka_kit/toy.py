@@ -1,0 +1,190 @@
+"""The toy base policy: a short SFT warm start of the tiny Qwen2 on worked toy-world solutions, cached on disk.
+
+`build_base_policy(seed)` trains a fixed number of steps (never a time budget, so it is deterministic) on
+`<think>steps</think><answer>n</answer>` solutions of the math train split and saves the model+tokenizer
+under `$EUREKA_KIT_CACHE` (default `~/.cache/eureka_kit`) keyed by (SFT config, model dims, seed,
+package version). `sft` / `sft_step` are reusable by the RL loop's SFT baseline. `sample_pass_counts`
+measures the base policy as the issue's targets state them (T=1, K samples per problem).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from eureka_kit import __version__
+from eureka_kit.rewards import score_batch
+from eureka_kit.tasks import toyworld
+from eureka_kit.tasks.prompts import prompt_text
+
+
+@dataclass(frozen=True)
+class SFTConfig:
+    """Warm-start recipe (FEASIBILITY §2: AdamW 2e-3, batch 64, stop by step count)."""
+
+    steps: int = 700
+    batch_size: int = 64
+    lr: float = 2e-3
+    warmup: int = 50
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.98)
+    grad_clip: float = 1.0
+    n_per_level: int = 1500
+    levels: tuple[int, ...] = (0, 1, 2, 3, 4, 5)
+    prompt_template: str = "none"
+    num_threads: int = 2
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("EUREKA_KIT_CACHE", "~/.cache/eureka_kit")).expanduser()
+
+
+def encode_examples(tokenizer, examples: list[dict]) -> list[tuple[list[int], int]]:
+    """(token ids of prompt + completion + eos, number of prompt tokens) per {"prompt", "completion"} dict."""
+    out = []
+    for ex in examples:
+        p = tokenizer(ex["prompt"], add_special_tokens=False)["input_ids"]
+        c = tokenizer(ex["completion"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        out.append((p + c, len(p)))
+    return out
+
+
+def collate(encoded: list[tuple[list[int], int]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded batch; labels are -100 on prompt and padding so only the completion is learned.
+
+    Returns input_ids, attention_mask, labels: (B, T) int64.
+    """
+    T = max(len(ids) for ids, _ in encoded)
+    ids = torch.full((len(encoded), T), pad_id)
+    labels = torch.full((len(encoded), T), -100)
+    mask = torch.zeros((len(encoded), T), dtype=torch.long)
+    for i, (seq, n_prompt) in enumerate(encoded):
+        ids[i, :len(seq)] = torch.tensor(seq)
+        mask[i, :len(seq)] = 1
+        labels[i, n_prompt:len(seq)] = torch.tensor(seq[n_prompt:])
+    return dict(input_ids=ids, attention_mask=mask, labels=labels)
+
+
+def sft_step(model, optimizer, batch: dict[str, torch.Tensor], grad_clip: float = 1.0) -> float:
+    """One optimizer step of next-token cross-entropy on the labelled tokens; returns the loss."""
+    model.train()
+    loss = model(**batch).loss
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    return float(loss.detach())
+
+
+def sft(model, tokenizer, examples: list[dict], cfg: SFTConfig = SFTConfig(), *, seed: int = 0,
+        progress: bool = True) -> list[float]:
+    """SFT `model` in place on {"prompt", "completion"} examples for `cfg.steps` steps; returns the losses.
+
+    Batches are drawn without replacement (reshuffled each epoch) from a generator seeded by `seed`.
+    """
+    encoded = encode_examples(tokenizer, examples)
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    # linear warm-up then cosine to 10% (a cool-down makes the stopping step less of a coin toss)
+    def lr_mult(step: int) -> float:
+        if step < cfg.warmup:
+            return (step + 1) / cfg.warmup
+        frac = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_mult)
+    order, pos, losses = torch.randperm(len(encoded), generator=gen), 0, []
+    bar = tqdm(range(cfg.steps), desc="sft", disable=not progress)
+    for _ in bar:
+        if pos + cfg.batch_size > len(order):
+            order, pos = torch.randperm(len(encoded), generator=gen), 0
+        idx = order[pos:pos + cfg.batch_size].tolist()
+        pos += cfg.batch_size
+        losses.append(sft_step(model, opt, collate([encoded[i] for i in idx], tokenizer.pad_token_id),
+                               cfg.grad_clip))
+        sched.step()
+        bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
+    model.eval()
+    return losses
+
+
+def sft_examples(tokenizer, problems: list[dict], template: str = "none") -> list[dict]:
+    """{"prompt", "completion"} pairs from toy-world rows (their worked `solution`)."""
+    return [dict(prompt=prompt_text(tokenizer, p, template), completion=p["solution"]) for p in problems]
+
+
+def cache_key(cfg: SFTConfig, seed: int) -> str:
+    from eureka_kit.models import TEXT_DIMS
+    blob = json.dumps(dict(sft=asdict(cfg), model=TEXT_DIMS, seed=seed, version=__version__), sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def build_base_policy(seed: int = 0, cfg: SFTConfig = SFTConfig(), *, force: bool = False,
+                      progress: bool = True, root: Path | None = None) -> Path:
+    """Folder of the SFT'd toy base policy (model.safetensors + tokenizer); built once, then cached.
+
+    Deterministic: same (cfg, seed, version) -> same problems and bit-identical weights (on one machine).
+    """
+    from eureka_kit.models import build_toy_model
+    out = (root or cache_dir()) / "base_policy" / f"seed{seed}-{cache_key(cfg, seed)}"
+    if out.exists() and not force:
+        return out
+    threads = torch.get_num_threads()
+    torch.set_num_threads(cfg.num_threads)
+    try:
+        model, tok = build_toy_model(seed=seed)
+        problems = toyworld.generate("train", "math", cfg.n_per_level, seed=seed, levels=cfg.levels)
+        losses = sft(model, tok, sft_examples(tok, problems, cfg.prompt_template), cfg, seed=seed,
+                     progress=progress)
+    finally:
+        torch.set_num_threads(threads)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent))  # write then rename: a crash never leaves half a model
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    (tmp / "sft.json").write_text(json.dumps(dict(config=asdict(cfg), seed=seed, version=__version__,
+                                                  final_loss=losses[-1]), indent=2))
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    return out
+
+
+@torch.no_grad()
+def sample_completions(model, tokenizer, prompts: list[str], k: int, *, temperature: float = 1.0,
+                       max_new_tokens: int = 48, batch_size: int = 512, seed: int = 0) -> list[list[str]]:
+    """k sampled completions per prompt (text, special tokens removed except the think/answer tags)."""
+    torch.manual_seed(seed)
+    tokenizer.padding_side = "left"  # decoder-only generation: prompts must end where generation starts
+    flat = [p for p in prompts for _ in range(k)]
+    texts = []
+    for i in range(0, len(flat), batch_size):
+        enc = tokenizer(flat[i:i + batch_size], return_tensors="pt", padding=True, add_special_tokens=False)
+        out = model.generate(**enc, do_sample=temperature > 0, temperature=temperature or None, top_p=1.0,
+                             max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id)
+        texts += tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    return [texts[j * k:(j + 1) * k] for j in range(len(prompts))]
+
+
+def sample_pass_counts(model, tokenizer, problems: list[dict], k: int = 16, *, template: str = "none",
+                       **kwargs) -> list[int]:
+    """Number of correct samples (accuracy reward) out of k, per problem."""
+    prompts = [prompt_text(tokenizer, p, template) for p in problems]
+    comps = sample_completions(model, tokenizer, prompts, k, **kwargs)
+    return [int(sum(s["accuracy"] for s in score_batch(c, [p["answer"]] * k, timeout=None)))
+            for c, p in zip(comps, problems, strict=True)]
+
+
+def pass_stats(counts: list[int], k: int) -> dict[str, float]:
+    """mean per-sample accuracy, fraction never solved, fraction solved in 1..k/2-1 of k samples."""
+    n = len(counts)
+    return dict(accuracy=sum(counts) / (n * k), never=sum(c == 0 for c in counts) / n,
+                rare=sum(0 < c < k / 2 for c in counts) / n, always=sum(c == k for c in counts) / n)
