@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import math
+from collections import Counter
 
 import pytest
 import torch
@@ -127,10 +128,17 @@ def test_train_two_steps_on_cuda(tmp_path, parity_reward):
     from eureka_kit.config import RunConfig
     from eureka_kit.models import build_toy_model
     from eureka_kit.tasks import toyworld
+    from eureka_kit.tasks.prompts import prompt_text
     from eureka_kit.train import train
 
-    problems = toyworld.load("train", "math", seed=0, n_per_level=4)
     model, tok = build_toy_model(seed=0)
+    # One prompt width for every step: if generate_hf uses a static KV cache on CUDA (compiled decode),
+    # a new prompt width would mean a new max_cache_len and another compile inside this test.
+    problems = toyworld.load("train", "math", seed=0, n_per_level=4)
+    widths = [len(tok(prompt_text(tok, p, "none"), add_special_tokens=False)["input_ids"]) for p in problems]
+    modal = Counter(widths).most_common(1)[0][0]
+    problems = [p for p, w in zip(problems, widths, strict=True) if w == modal]
+    assert len(problems) >= 4
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     cfg = RunConfig.from_preset("cpgd", run_dir=str(tmp_path / "run"), rollout_batch_size=4, group_size=4,
                                 train_batch_size=8, micro_batch_size=8, max_len=16, num_steps=2, lr=1e-3,
