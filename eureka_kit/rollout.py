@@ -88,17 +88,24 @@ class Rollouts:
         )
 
 
-def encode_prompts(processor, problems: list[dict], template: str, multimodal: bool, max_prompt_len: int):
-    """Tokenize prompts (left-padded). Returns (input_ids [N, P], attention_mask [N, P], per-row mm dicts|None)."""
+def encode_prompts(processor, problems: list[dict], template: str, multimodal: bool, max_prompt_len: int,
+                   pad_to_multiple_of: int | None = None):
+    """Tokenize prompts (left-padded). Returns (input_ids [N, P], attention_mask [N, P], per-row mm dicts|None).
+
+    `pad_to_multiple_of` keeps the padded width on a few values, so a compiled static-cache decode is
+    not recompiled for every new prompt width.
+    """
     tok = tokenizer_of(processor)
     texts = [prompt_text(processor, p, template, multimodal=multimodal) for p in problems]
     tok.padding_side = "left"
     if multimodal:
         images = [p["image"] for p in problems]
-        enc = processor(text=texts, images=images, return_tensors="pt", padding=True)
+        enc = processor(text=texts, images=images, return_tensors="pt", padding=True,
+                        pad_to_multiple_of=pad_to_multiple_of)
         mm = split_pixel_values(enc["pixel_values"], enc["image_grid_thw"])
     else:
-        enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False,
+                  pad_to_multiple_of=pad_to_multiple_of)
         mm = None
     too_long = (enc["attention_mask"].sum(dim=1) > max_prompt_len).nonzero()
     if len(too_long):
@@ -132,7 +139,9 @@ def generate_hf(policy, processor, problems: list[dict], cfg, generator: torch.G
     """
     tok = tokenizer_of(processor)
     device = next(policy.parameters()).device
-    ids, attn, mm = encode_prompts(processor, problems, cfg.prompt_template, cfg.multimodal, cfg.max_prompt_len)
+    on_gpu = device.type == "cuda"
+    ids, attn, mm = encode_prompts(processor, problems, cfg.prompt_template, cfg.multimodal, cfg.max_prompt_len,
+                                   pad_to_multiple_of=64 if on_gpu else None)
     K = num_samples or cfg.group_size
     ids, attn = ids.repeat_interleave(K, dim=0), attn.repeat_interleave(K, dim=0)
     mm_rows = None if mm is None else [m for m in mm for _ in range(K)]
@@ -140,7 +149,6 @@ def generate_hf(policy, processor, problems: list[dict], cfg, generator: torch.G
         torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
     was_training = policy.training
     policy.eval()
-    on_gpu = device.type == "cuda"
     # On CUDA a static KV cache lets transformers compile the decode step (10x over the dynamic cache at
     # B=256 on one H200, ANCHORS.md); on CPU the dynamic cache is faster for tiny models.
     speed = dict(cache_implementation="static") if on_gpu else {}
@@ -150,15 +158,20 @@ def generate_hf(policy, processor, problems: list[dict], cfg, generator: torch.G
             **{k: v.to(device) for k, v in merge_mm(mm_rows).items()},
             **(dict(do_sample=False) if greedy else dict(do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p, top_k=0)),
             max_new_tokens=cfg.max_len, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
-            output_scores=True, return_dict_in_generate=True, **speed,
+            # Per-step scores cost B x T x V memory (40 GB at B=256, T=256, V=151,936): keep them on CPU only,
+            # where they give the rollout-vs-learner log-prob check; on GPU the learner's old_logp is used.
+            output_scores=not on_gpu, return_dict_in_generate=True, **speed,
         )
     policy.train(was_training)
     completion = out.sequences[:, ids.shape[1]:].cpu()
     # Log-probs under the sampling distribution: scores are the processed (temperature, top-p) logits.
     # Gather step by step so a [B, T, V] tensor never exists (V = 151,936 for Qwen).
     chosen = out.sequences[:, ids.shape[1]:]
-    logp = torch.stack([torch.log_softmax(s.float(), dim=-1).gather(-1, chosen[:, t:t + 1]).squeeze(-1)
-                        for t, s in enumerate(out.scores)], dim=1).cpu()  # (B, T)
+    if out.scores is not None:
+        logp = torch.stack([torch.log_softmax(s.float(), dim=-1).gather(-1, chosen[:, t:t + 1]).squeeze(-1)
+                            for t, s in enumerate(out.scores)], dim=1).cpu()  # (B, T)
+    else:
+        logp = torch.zeros(chosen.shape, dtype=torch.float32)
     is_eos = completion == tok.eos_token_id
     # valid = every token up to and including the first EOS
     mask = ((is_eos.cumsum(dim=1) - is_eos.long()) == 0).long()
@@ -171,7 +184,7 @@ def generate_hf(policy, processor, problems: list[dict], cfg, generator: torch.G
         rollout_logp=torch.where(mask.bool(), logp, torch.zeros_like(logp)), texts=texts,
         finish_reasons=["stop" if f else "length" for f in finished.tolist()],
         problem_index=torch.arange(len(problems)).repeat_interleave(K), problems=list(problems),
-        mm_inputs=mm_rows, extras={"pad_id": tok.pad_token_id},
+        mm_inputs=mm_rows, extras={"pad_id": tok.pad_token_id, "has_rollout_logp": out.scores is not None},
     )
 
 

@@ -74,13 +74,18 @@ def completion_logprobs(policy, ro: Rollouts, rows: Tensor, cfg: RunConfig, *, w
         # Left-padded prompts: positions must count real tokens only (VL models derive their own M-RoPE ids).
         kwargs["position_ids"] = (attention.cumsum(dim=1) - 1).clamp(min=0)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16 and device.type == "cuda"):
-        hidden = policy.model(input_ids=input_ids, attention_mask=attention, **kwargs).last_hidden_state
+        hidden = policy.model(input_ids=input_ids, attention_mask=attention, use_cache=False, **kwargs).last_hidden_state
     P = prompt_ids.shape[1]
     hidden = hidden[:, P - 1 : -1]  # position t predicts completion token t
     head = policy.get_output_embeddings()
+    weight, bias = head.weight, getattr(head, "bias", None)
+    if cfg.bf16 and device.type == "cuda":
+        # Autocast leaves the final hidden state in fp32; run the head matmuls in bf16 (softmax stays fp32 in ops).
+        hidden, weight = hidden.to(torch.bfloat16), weight.to(torch.bfloat16)
+        bias = None if bias is None else bias.to(torch.bfloat16)
     return ops.token_logprobs_from_hidden(
-        hidden, head.weight, completion_ids.to(device), chunk_size=cfg.logprob_chunk_size,
-        bias=getattr(head, "bias", None), temperature=cfg.temperature, return_entropy=with_entropy,
+        hidden, weight, completion_ids.to(device), chunk_size=cfg.logprob_chunk_size,
+        bias=bias, temperature=cfg.temperature, return_entropy=with_entropy,
     )
 
 
@@ -225,7 +230,8 @@ def train(cfg: RunConfig, *, policy=None, processor=None, problems: list[dict] |
     stream = ProblemStream(problems if problems is not None else load_problems(cfg), cfg.seed)
 
     params = [p for p in policy.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.adam_betas, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.adam_betas, weight_decay=cfg.weight_decay,
+                                  fused=device.type == "cuda")
     batch = cfg.rollout_batch_size * cfg.group_size
     opt_steps_per_rollout = cfg.update_epochs * math.ceil(batch / cfg.train_batch_size)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg, cfg.num_steps * opt_steps_per_rollout))
@@ -299,7 +305,8 @@ def train(cfg: RunConfig, *, policy=None, processor=None, problems: list[dict] |
             "adv/mean": adv.mean().item(), "adv/abs_max": adv.abs().max().item(),
             "rollout/len_mean": lengths.mean().item(),
             "rollout/truncated_frac": ro.truncated.float().mean().item(),
-            "rollout/logp_mismatch": ((ro.rollout_logp - old_logp).abs() * mask).sum().item() / valid_tokens.item(),
+            "rollout/logp_mismatch": ((ro.rollout_logp - old_logp).abs() * mask).sum().item() / valid_tokens.item()
+            if ro.extras.get("has_rollout_logp", True) else float("nan"),
             "policy/entropy": (entropy * mask).sum().item() / valid_tokens.item(),
             "optim/grad_norm": float(np.mean(grad_norms)) if grad_norms else float("nan"),
             "optim/lr": scheduler.get_last_lr()[0],
