@@ -84,8 +84,14 @@ def _loose(text: str):
         return text
 
 
+def _add_sweep(sub: argparse._SubParsersAction) -> None:
+    from eureka_kit import sweep
+
+    sweep.add_cli(sub)
+
+
 # Each entry adds one subcommand (parser + handler). Other modules register theirs here.
-SUBCOMMANDS = [_add_selfcheck, _add_report, _add_train]
+SUBCOMMANDS = [_add_selfcheck, _add_report, _add_train, _add_sweep]
 
 
 def build_parser() -> argparse.ArgumentParser:
