@@ -59,7 +59,7 @@ class Replay:
 
 def pad_column(values: pd.Series | list, dtype=torch.float32) -> Tensor:
     """A column of per-token lists -> [B, T] tensor, right-padded with zeros to the longest row."""
-    rows = [np.asarray(v, dtype=np.float64) for v in values]
+    rows = [np.array(v, dtype=np.float64) for v in values]
     T = max((len(r) for r in rows), default=0)
     out = torch.zeros((len(rows), max(T, 1)), dtype=dtype)
     for i, r in enumerate(rows):

@@ -1,0 +1,111 @@
+"""Ratio explorer: pure functions and the ipywidgets callbacks, headless, on a hand-made run directory."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from eureka_kit import explorer
+from eureka_kit.runs import RunDir
+
+
+def _row(sample, group, adv, reward, new, tokens):
+    n = len(tokens)
+    return {"step": 0, "sample": sample, "group": group, "problem_id": f"p{group}", "subject": "math", "level": 0,
+            "answer": "7", "completion": "".join(tokens), "finish_reason": "stop", "reward": reward,
+            "accuracy": float(reward >= 1), "format": 0.5, "advantage": adv, "token_ids": list(range(n)),
+            "tokens": tokens, "rollout_logp": [0.0] * n, "old_logp": [-1.0] * n,
+            "new_logp": [-1.0 + v for v in new], "loss_mask": [1.0] * n}
+
+
+@pytest.fixture()
+def run(tmp_path):
+    explorer.load_step.cache_clear()
+    explorer._replayed.cache_clear()
+    r = RunDir(tmp_path / "runs" / "grpo-seed0").create({"preset": "grpo", "group_size": 2, "max_len": 8, "seed": 0})
+    rows = [_row(0, 0, 1.0, 1.5, [math.log(1.5), 0.0, 0.0], ["<answer>", "7", "</answer>"]),
+            _row(1, 0, -1.0, 0.0, [math.log(0.5), 0.0], ["<", "\n"]),
+            _row(2, 1, 0.0, 1.5, [0.0], ["7"]),
+            _row(3, 1, 0.0, 1.5, [0.1], ["7"])]
+    r.write_rollouts(0, rows)
+    r.write_rollouts(4, rows)
+    return str(r.path)
+
+
+def test_find_runs_and_steps(run, tmp_path):
+    assert explorer.find_runs(tmp_path / "runs") == [run]
+    assert explorer.find_runs(run) == [run]
+    assert explorer.find_runs(tmp_path / "missing") == []
+    assert explorer.steps_of(run) == [0, 4]
+    assert explorer.sample_options(explorer.load_step(run, 0))[1] == ("#1 g0 reward 0.00 acc 0 A -1.00", 1)
+
+
+def test_token_values_by_colour(run):
+    tokens, values, _ = explorer.token_values(run, 0, 0, "log-ratio")
+    assert tokens == ["<answer>", "7", "</answer>"]
+    np.testing.assert_allclose(values, [math.log(1.5), 0, 0], atol=1e-12)
+    _, values, _ = explorer.token_values(run, 0, 1, "advantage")
+    np.testing.assert_allclose(values, [-1, -1])
+    # grpo (ppo clip, eps 0.2): sample 0 token 0 clipped high (r = 1.5, A > 0); sample 1 token 0 low (r = 0.5, A < 0)
+    _, values, legend = explorer.token_values(run, 0, 0, "clip")
+    np.testing.assert_array_equal(values, [1, 0, 0])
+    _, values, _ = explorer.token_values(run, 0, 1, "clip")
+    np.testing.assert_array_equal(values, [-1, 0])
+    assert "grpo" in legend
+    _, values, legend = explorer.token_values(run, 0, 0, "entropy")
+    np.testing.assert_allclose(values, [1, 1, 1])  # surprisal -old_logp, entropy was not saved
+    assert "surprisal" in legend
+    with pytest.raises(ValueError, match="color_by"):
+        explorer.token_values(run, 0, 0, "ratio")
+    with pytest.raises(ValueError, match="sample: 9"):
+        explorer.token_values(run, 0, 9, "log-ratio")
+
+
+def test_tokens_html_escapes_and_colours():
+    out = explorer.tokens_html(["<a>", "\n"], np.array([1.0, -1.0]), "log-ratio")
+    assert "&lt;a&gt;" in out and "⏎" in out
+    assert "rgb(100,255,100)" in out and "rgb(255,100,100)" in out  # full green / full red at |value| = scale
+    assert 'title="log-ratio = +1.0000"' in out
+    clip = explorer.tokens_html(["a", "b", "c"], np.array([1.0, -1.0, 0.0]), "clip")
+    assert "#9ecae1" in clip and "#fc9272" in clip and "transparent" in clip
+    with pytest.raises(ValueError, match="differ in length"):
+        explorer.tokens_html(["a"], np.array([1.0, 2.0]), "advantage")
+
+
+def test_group_and_replay_tables(run):
+    df = explorer.load_step(run, 0)
+    g = explorer.group_table(df, 1)
+    assert list(g["sample"]) == [0, 1] and list(g["tokens"]) == [3, 2]
+    assert "1/2 correct" in explorer.group_html(df, 1)
+    t = explorer.replay_table(run, 0, ["grpo", "pg"], sample=0).set_index("preset")
+    # grpo: seq-mean-token-mean over 4 responses; response 0: (-1.2 - 1 - 1)/3, response 1: (0.8 - 1)/2 ... with A
+    # of responses 2, 3 equal to 0 -> their loss is 0
+    expected = ((-1.2 - 1 - 1) / 3 + (0.8 + 1.0) / 2 + 0 + 0) / 4
+    assert t.loc["grpo", "loss"] == pytest.approx(expected)
+    assert t.loc["grpo", "sample clip high"] == pytest.approx(1 / 3)
+    assert t.loc["pg", "sample clip high"] == 0
+
+
+def test_view_returns_all_panes(run):
+    out = explorer.view(run, 4, 1, "clip", "cpgd")
+    assert set(out) == {"header", "tokens", "group", "replay"}
+    assert "step 4, sample 1" in out["header"] and "cpgd" in out["replay"]
+
+
+def test_widget_callbacks_headless(run, tmp_path):
+    pytest.importorskip("ipywidgets")
+    ui = explorer.ExplorerWidget(tmp_path / "runs", replay_preset="pg")
+    assert ui.step.value == 4 and ui.sample.value == 0
+    assert "step 4, sample 0" in ui.header.value
+    ui.sample.value = 1
+    assert "sample 1" in ui.header.value and "&lt;" in ui.tokens.value
+    ui.color_by.value = "clip"
+    assert "#fc9272" in ui.tokens.value
+    ui.step.value = 0
+    assert "step 0, sample 0" in ui.header.value
+    ui.replay_preset.value = "cpgd"
+    assert "<b>cpgd</b>" in ui.replay.value
+    with pytest.raises(FileNotFoundError):
+        explorer.ExplorerWidget(tmp_path / "nothing")
