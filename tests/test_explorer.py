@@ -109,3 +109,20 @@ def test_widget_callbacks_headless(run, tmp_path):
     assert "<b>cpgd</b>" in ui.replay.value
     with pytest.raises(FileNotFoundError):
         explorer.ExplorerWidget(tmp_path / "nothing")
+
+
+def test_marimo_app_runs_headless(run, tmp_path, monkeypatch):
+    """notebooks/ratio_explorer.py run in-process (as `python ratio_explorer.py --root DIR` would)."""
+    pytest.importorskip("marimo")
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "notebooks" / "ratio_explorer.py"
+    spec = importlib.util.spec_from_file_location("ratio_explorer_app", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(sys, "argv", [str(path), "--root", str(tmp_path / "runs")])
+    _, defs = module.app.run()
+    assert defs["runs"] == [run]
+    assert "step 4, sample 0" in defs["panes"]["header"] and "<b>cpgd</b>" in defs["panes"]["replay"]

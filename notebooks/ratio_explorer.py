@@ -1,0 +1,60 @@
+import marimo
+
+__generated_with = "0.25.2"
+app = marimo.App(width="medium")
+
+with app.setup:
+    # The ratio explorer as a marimo app: `marimo run notebooks/ratio_explorer.py -- --root runs`.
+    # Every view comes from eureka_kit.explorer, the same functions the Jupyter explorer (20_ratio_explorer) uses.
+    import marimo as mo
+
+    from eureka_kit import explorer
+    from eureka_kit.config import PRESETS
+
+
+@app.cell
+def _():
+    root = str(mo.cli_args().get("root", "runs"))
+    runs = explorer.find_runs(root)
+    mo.stop(not runs, mo.md(f"No run directories with saved rollouts under `{root}`. "
+                            "Train one (`eureka-kit train --num-steps 4 --run-dir runs/demo`) or pass `-- --root DIR`."))
+    return root, runs
+
+
+@app.cell
+def _(runs):
+    run_picker = mo.ui.dropdown(options={r: r for r in runs}, value=runs[0], label="run")
+    color_picker = mo.ui.radio(options=list(explorer.COLOR_BY), value="log-ratio", label="colour by", inline=True)
+    replay_picker = mo.ui.dropdown(options=list(PRESETS), value="cpgd", label="replay as")
+    mo.hstack([run_picker, color_picker, replay_picker])
+    return color_picker, replay_picker, run_picker
+
+
+@app.cell
+def _(run_picker):
+    steps = explorer.steps_of(run_picker.value)
+    step_picker = mo.ui.dropdown(options={str(s): s for s in steps}, value=str(steps[-1]), label="step")
+    step_picker  # noqa: B018 (marimo displays the last expression)
+    return (step_picker,)
+
+
+@app.cell
+def _(run_picker, step_picker):
+    frame = explorer.load_step(run_picker.value, step_picker.value)
+    options = dict(explorer.sample_options(frame))
+    sample_picker = mo.ui.dropdown(options=options, value=next(iter(options)), label="sample")
+    sample_picker  # noqa: B018 (marimo displays the last expression)
+    return (sample_picker,)
+
+
+@app.cell
+def _(color_picker, replay_picker, run_picker, sample_picker, step_picker):
+    panes = explorer.view(run_picker.value, step_picker.value, sample_picker.value, color_picker.value,
+                          replay_picker.value)
+    mo.vstack([mo.Html(panes["header"]), mo.Html(panes["tokens"]), mo.md("**The group**"), mo.Html(panes["group"]),
+               mo.md("**Replay**"), mo.Html(panes["replay"])])
+    return
+
+
+if __name__ == "__main__":
+    app.run()
