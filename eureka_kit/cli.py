@@ -91,7 +91,25 @@ def _add_sweep(sub: argparse._SubParsersAction) -> None:
 
 
 # Each entry adds one subcommand (parser + handler). Other modules register theirs here.
-SUBCOMMANDS = [_add_selfcheck, _add_report, _add_train, _add_sweep]
+def _toy_build(args: argparse.Namespace) -> int:
+    from eureka_kit.toy import SFTConfig, build_base_policy
+
+    cfg = SFTConfig(steps=args.steps) if args.steps else SFTConfig()
+    print(build_base_policy(seed=args.seed, cfg=cfg, force=args.force))
+    return 0
+
+
+def _add_toy(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("toy", help="the toy world: `eureka-kit toy build` makes the SFT'd base policy")
+    toy_sub = p.add_subparsers(dest="toy_command", required=True)
+    b = toy_sub.add_parser("build", help="build (or find cached) the toy base policy; prints its folder")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--steps", type=int, default=None, help="SFT steps (default: SFTConfig.steps)")
+    b.add_argument("--force", action="store_true", help="rebuild even if cached")
+    b.set_defaults(func=_toy_build)
+
+
+SUBCOMMANDS = [_add_selfcheck, _add_report, _add_train, _add_sweep, _add_toy]
 
 
 def build_parser() -> argparse.ArgumentParser:

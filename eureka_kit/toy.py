@@ -31,7 +31,9 @@ from eureka_kit.tasks.prompts import prompt_text
 class SFTConfig:
     """Warm-start recipe (FEASIBILITY §2: AdamW 2e-3, batch 64, stop by step count)."""
 
-    steps: int = 700
+    # Tuned (H200 host CPU, 2 threads, 6 builds in parallel): 600x64 -> 85 s build; T=1, 16 samples, math
+    # test: 46% per-sample accuracy, 29% never solved, 21% solved in 1..7 of 16; OOD subjects 2-3%.
+    steps: int = 600
     batch_size: int = 64
     lr: float = 2e-3
     warmup: int = 50
@@ -39,7 +41,7 @@ class SFTConfig:
     betas: tuple[float, float] = (0.9, 0.98)
     grad_clip: float = 1.0
     n_per_level: int = 1500
-    levels: tuple[int, ...] = (0, 1, 2, 3, 4, 5)
+    levels: tuple[int, ...] = (0, 1, 2, 3, 4)  # the top level is never taught
     prompt_template: str = "none"
     num_threads: int = 2
 

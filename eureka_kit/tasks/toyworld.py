@@ -56,7 +56,8 @@ LEVELS: tuple[Level, ...] = (
 
 # Subject wordings: `{e}` is the expression. Kept short (<= ~40 chars) for the char-level model.
 TEMPLATES: dict[str, tuple[str, ...]] = {
-    "math": ("What is {e}?",),
+    # several math wordings, so the model learns to find the expression (what lets some skill transfer)
+    "math": ("What is {e}?", "Compute {e}.", "Find {e}."),
     "physics": ("Mass {e} kg. Total kg?", "A rod is {e} cm. Length?"),
     "chemistry": ("Atoms: {e}. How many?", "Moles of H2: {e}. Total?"),
     "biology": ("Cells: {e}. How many cells?", "Leaves: {e}. Count?"),

@@ -1,0 +1,124 @@
+"""Rewards: ALGORITHMS.md §4.1 cases, default vs mmeureka_compat, multiple choice, the time limit."""
+
+import threading
+import time
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from eureka_kit.rewards import (
+    _fast_int,
+    answer_letter,
+    extract_answer,
+    format_reward,
+    make_reward_fn,
+    math_verify_accuracy,
+    response_text,
+    run_with_timeout,
+    score,
+)
+
+GOOD = "<think>1+1=2</think><answer>2</answer>"
+
+
+def test_format_reward_cases():
+    assert format_reward(GOOD) == 0.5
+    assert format_reward("pre <think>a</think>\n <answer>b</answer> post") == 0.5
+    assert format_reward("<think></think><answer>b</answer>") == 0.0  # empty think
+    assert format_reward("<think>a</think>x<answer>b</answer>") == 0.0  # text between
+    assert format_reward("<think>a</think><answer>b</answer><answer>c</answer>") == 0.0  # two answers
+    assert format_reward("<think>a\nb</think><answer>c\nd</answer>") == 0.5  # DOTALL
+
+
+def test_response_text_strips_prompt_and_end_tokens():
+    assert response_text("<|im_start|>user\nq<|im_end|>\n<|im_start|>assistant\nhi<|im_end|>") == "hi"
+
+
+def test_total_is_accuracy_plus_format():
+    assert score(GOOD, "2") == dict(accuracy=1.0, format=0.5, total=1.5, timeout=0.0)
+    assert score("<answer>2</answer>", "2")["total"] == 1.0
+    assert score("<think>x</think><answer>3</answer>", "2")["total"] == 0.5
+    assert score("", "2")["total"] == 0.0
+    assert score("<|im_end|>", "2")["format"] == 0.0  # empty after end tokens: everything 0
+
+
+def test_answer_span_default_vs_compat():
+    multi = "<answer>\n5\n</answer>"
+    assert extract_answer(multi) == "\n5\n"
+    assert extract_answer(multi, compat=True) == "\n5\n</answer>"  # no DOTALL: text after last <answer>
+    assert extract_answer("so \\boxed{1} then \\boxed{\\frac{1}{2}}") == "\\boxed{\\frac{1}{2}}"
+    assert extract_answer("no tags at all") is None
+    assert extract_answer("no tags at all", compat=True) == "no tags at all"
+    assert score(multi, "5")["accuracy"] == 1.0
+
+
+def test_boxed_fallback_and_expressions():
+    assert score("I think it is \\boxed{\\frac{1}{2}}", "0.5", timeout=None)["accuracy"] == 1.0
+    assert score("<answer>$\\sqrt{8}$</answer>", "2\\sqrt{2}", timeout=None)["accuracy"] == 1.0
+    assert score("<answer>$\\frac{1}{3}$</answer>", "\\frac{1}{2}", timeout=None)["accuracy"] == 0.0
+    assert score("<answer>The answer is $\\boxed{7}$</answer>", "7", timeout=None)["accuracy"] == 1.0
+
+
+def test_unparsable_gold_scores_one_only_in_compat():
+    assert math_verify_accuracy("x", "", compat=True) == 1.0
+    assert math_verify_accuracy("x", "", compat=False) == 0.0
+    assert score("<answer>x</answer>", "", compat=True, timeout=None)["accuracy"] == 1.0
+
+
+@pytest.mark.parametrize("answer,ok", [("B", True), ("(b)", True), ("$\\boxed{B}$", True), ("B.", True),
+                                       ("The answer is B", True), ("A or B", False), ("C", False)])
+def test_multiple_choice_default(answer, ok):
+    assert score(f"<answer>{answer}</answer>", "B")["accuracy"] == float(ok)
+
+
+def test_multiple_choice_compat_substring_quirk():
+    # released code: letter in the lower-cased answer and none of the other three letters
+    assert score("<answer>b</answer>", "B", compat=True, timeout=None)["accuracy"] == 1.0
+    # "the answer is b" contains "a" -> the fallback fails (documented quirk); default mode gets it right
+    assert score("<answer>the answer is b</answer>", "B", compat=True, timeout=None)["accuracy"] == 0.0
+    assert score("<answer>the answer is B</answer>", "B")["accuracy"] == 1.0
+
+
+def test_answer_letter():
+    assert answer_letter("(C)") == "C"
+    assert answer_letter("option D is right") == "D"
+    assert answer_letter("A and B") is None
+    assert answer_letter("42") is None
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(-10**6, 10**6), st.integers(-10**6, 10**6), st.booleans())
+def test_fast_integer_path_matches_math_verify(g, a, same):
+    a = g if same else a
+    fast = _fast_int(str(g), str(a))
+    assert fast is not None
+    assert float(fast) == math_verify_accuracy(str(a), str(g), compat=False)
+    assert float(fast) == math_verify_accuracy(str(a), str(g), compat=True)
+
+
+def test_time_limit_kills_slow_call_and_recovers():
+    t0 = time.time()
+    with pytest.raises(TimeoutError):
+        run_with_timeout(time.sleep, (5,), 0.5)
+    assert time.time() - t0 < 3
+    assert run_with_timeout(max, (1, 3), 30) == 3  # a fresh worker after the kill
+    # a math-verify call that cannot finish in 0.1 ms times out and scores 0
+    parts = score("<think>x</think><answer>\\frac{1}{2}</answer>", "\\frac{2}{4}", timeout=1e-4)
+    assert parts["timeout"] == 1.0 and parts["accuracy"] == 0.0 and parts["format"] == 0.5
+
+
+def test_math_verify_path_works_in_worker_thread():
+    out = {}
+    t = threading.Thread(target=lambda: out.update(
+        r=score("<answer>\\frac{2}{4}</answer>", "0.5", timeout=30)["accuracy"]))
+    t.start()
+    t.join()
+    assert out["r"] == 1.0
+
+
+def test_trl_signature():
+    f = make_reward_fn()
+    comps = [GOOD, "<answer>3</answer>", [{"role": "assistant", "content": GOOD}]]
+    assert f(["p"] * 3, comps, answer=["2", "2", "2"]) == [1.5, 0.0, 1.5]
+    assert make_reward_fn(format_reward=False)(["p"], [GOOD], answer=["2"]) == [1.0]

@@ -1,0 +1,54 @@
+"""Toy base policy: deterministic build, cache, SFT reuse; the slow test checks the issue's targets."""
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from eureka_kit.models import load
+from eureka_kit.tasks import toyworld
+from eureka_kit.toy import SFTConfig, build_base_policy, pass_stats, sample_pass_counts
+
+TINY = SFTConfig(steps=4, batch_size=8, n_per_level=10, warmup=2)
+
+
+def test_build_is_deterministic_and_cached(tmp_path):
+    a = build_base_policy(0, TINY, root=tmp_path / "a", progress=False)
+    b = build_base_policy(0, TINY, root=tmp_path / "b", progress=False)
+    wa, wb = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    c = build_base_policy(1, TINY, root=tmp_path / "a", progress=False)
+    wc = load_file(c / "model.safetensors")
+    assert c != a and not torch.equal(wc["model.embed_tokens.weight"], wa["model.embed_tokens.weight"])
+    mtime = (a / "model.safetensors").stat().st_mtime_ns
+    assert build_base_policy(0, TINY, root=tmp_path / "a", progress=False) == a  # cached: not rebuilt
+    assert (a / "model.safetensors").stat().st_mtime_ns == mtime
+
+
+def test_cache_env_var(tmp_path, monkeypatch):
+    monkeypatch.setenv("EUREKA_KIT_CACHE", str(tmp_path))
+    assert build_base_policy(0, TINY, progress=False).is_relative_to(tmp_path)
+
+
+def test_pass_stats():
+    s = pass_stats([0, 16, 3, 8], 16)
+    assert s == dict(accuracy=27 / 64, never=0.25, rare=0.25, always=0.25)
+
+
+@pytest.mark.slow
+def test_default_base_policy_meets_targets(tmp_path):
+    torch.set_num_threads(2)
+    model, tok = load(str(build_base_policy(0, root=tmp_path, progress=False)))
+    stats = {s: pass_stats(sample_pass_counts(model, tok, toyworld.generate("test", s, 24, seed=0), 16), 16)
+             for s in toyworld.SUBJECTS}
+    m = stats["math"]
+    assert 0.2 <= m["accuracy"] <= 0.7 and m["never"] >= 0.15 and m["rare"] >= 0.15, m
+    for s in toyworld.OOD_SUBJECTS:
+        assert 0 < stats[s]["accuracy"] < m["accuracy"], (s, stats[s])
+
+
+def test_cli_toy_build(tmp_path, monkeypatch, capsys):
+    from eureka_kit.cli import main
+    monkeypatch.setenv("EUREKA_KIT_CACHE", str(tmp_path))
+    assert main(["toy", "build", "--steps", "2", "--seed", "3"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()[-1]
+    assert out.startswith(str(tmp_path)) and "seed3" in out
