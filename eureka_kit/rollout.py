@@ -151,17 +151,18 @@ def generate_hf(policy, processor, problems: list[dict], cfg, generator: torch.G
     policy.eval()
     # On CUDA a static KV cache lets transformers compile the decode step (10x over the dynamic cache at
     # B=256 on one H200, ANCHORS.md); on CPU the dynamic cache is faster for tiny models.
+    # No autocast here: the static cache is allocated in the weights' dtype and autocast's bf16 k/v would not
+    # fit it (seen on an H200). Rollouts run in the model's dtype: load the model in bf16 for fast rollouts.
     speed = dict(cache_implementation="static") if on_gpu else {}
-    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=on_gpu and cfg.bf16):
-        out = policy.generate(
-            input_ids=ids.to(device), attention_mask=attn.to(device),
-            **{k: v.to(device) for k, v in merge_mm(mm_rows).items()},
-            **(dict(do_sample=False) if greedy else dict(do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p, top_k=0)),
-            max_new_tokens=cfg.max_len, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
-            # Per-step scores cost B x T x V memory (40 GB at B=256, T=256, V=151,936): keep them on CPU only,
-            # where they give the rollout-vs-learner log-prob check; on GPU the learner's old_logp is used.
-            output_scores=not on_gpu, return_dict_in_generate=True, **speed,
-        )
+    out = policy.generate(
+        input_ids=ids.to(device), attention_mask=attn.to(device),
+        **{k: v.to(device) for k, v in merge_mm(mm_rows).items()},
+        **(dict(do_sample=False) if greedy else dict(do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p, top_k=0)),
+        max_new_tokens=cfg.max_len, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+        # Per-step scores cost B x T x V memory (40 GB at B=256, T=256, V=151,936): keep them on CPU only,
+        # where they give the rollout-vs-learner log-prob check; on GPU the learner's old_logp is used.
+        output_scores=not on_gpu, return_dict_in_generate=True, **speed,
+    )
     policy.train(was_training)
     completion = out.sequences[:, ids.shape[1]:].cpu()
     # Log-probs under the sampling distribution: scores are the processed (temperature, top-p) logits.
