@@ -213,3 +213,18 @@ def test_notebook_executes_with_smallest_parameters(name, tmp_path):
     assert not sweep.notebook_errors(out)
     assert "What this shows" in sweep.findings_text(out)
     print(f"{name}: {time.perf_counter() - t0:.1f} s")
+
+
+def test_ray_executor_against_a_local_ray(tmp_path):
+    """One Ray task per grid point on a real local Ray instance started by the test (cluster extra)."""
+    ray = pytest.importorskip("ray")
+    nb = _tiny_notebook(tmp_path / "tiny.ipynb")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        results = sweep.sweep(nb, {"x": [1, 2], "fail": [False]}, out=tmp_path / "r", executor="ray",
+                              max_parallel=2, progress=False)
+    finally:
+        ray.shutdown()
+    assert sorted(r["status"] for r in results) == ["ok", "ok"]
+    assert {r["host"] for r in results}  # written by the task itself
+    assert sweep.is_finished(tmp_path / "r" / "tiny" / "x=2__fail=False")
