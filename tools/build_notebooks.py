@@ -552,11 +552,16 @@ runs
 ui = explorer.ExplorerWidget(run_dir, replay_preset=replay_preset)
 ui
 '''),
-    ("md", "A static snapshot of the same views (for the HTML report): the sample with the largest |log-ratio| at the last step."),
+    ("md", "A static snapshot of the same views (for the HTML report): the step where the policy moved most "
+           "(largest |log-ratio|), and that step's sample with the largest |log-ratio|."),
     ("code", '''
 from IPython.display import HTML
+from eureka_kit.runs import open_run
 run = runs[0]
-step = explorer.steps_of(run)[-1]
+metrics = open_run(run).metrics()
+saved = explorer.steps_of(run)
+moved = metrics[metrics.step.isin(saved)] if "policy/log_ratio_abs_max" in metrics else metrics.iloc[0:0]
+step = int(moved.sort_values("policy/log_ratio_abs_max").iloc[-1]["step"]) if len(moved) else saved[-1]
 df = explorer.load_step(run, step)
 worst = int(df.assign(m=[max(abs(a - b) for a, b in zip(n, o)) if len(n) else 0
                          for n, o in zip(df.new_logp, df.old_logp)]).sort_values("m").iloc[-1]["sample"])
@@ -572,7 +577,10 @@ viz.ratio_histogram(df)
 from eureka_kit.replay import compare_presets
 cmp = compare_presets(run, step, [explorer.run_preset(run), replay_preset]).set_index("preset")
 own = explorer.run_preset(run)
-lines = [f"**What this shows**: at step {step} of `{Path(run).name}`, the sample with the largest |log-ratio| is #{worst}."]
+zero = int((df.groupby("group").reward.std().fillna(0) == 0).sum())
+lines = [f"**What this shows**: step {step} of `{Path(run).name}` is where the policy moved most; its sample with the "
+         f"largest |log-ratio| is #{worst}. {zero} of its {df.group.nunique()} groups had identical rewards "
+         "(zero advantage: no gradient from them under any group-baseline preset)."]
 for p in cmp.index:
     lines.append(f"- replayed as **{p}**: loss {cmp.loc[p, 'loss/total']:+.4f}, clipped {cmp.loc[p, 'policy/clipfrac_low']:.2%} "
                  f"low / {cmp.loc[p, 'policy/clipfrac_high']:.2%} high, mean |d loss/d logp| {cmp.loc[p, 'grad_abs_mean']:.3g}.")
