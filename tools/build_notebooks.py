@@ -377,7 +377,8 @@ concentrates on problems the base *sometimes* solved, and problems it *never* so
 """),
     ("params", params('preset: str = "cpgd"  # RL algorithm\nseed: int = 0\n'
                       'train_per_level: int = 8  # training problems per difficulty level\n'
-                      'eval_samples: int = 8  # samples per problem for pass@k', num_steps=30)),
+                      'eval_samples: int = 8  # samples per problem for pass@k', num_steps=30,
+                      lr=1e-4, update_epochs=1, minibatches=1)),  # on-policy: the toy base collapses under pressure
     ("code", IMPORTS + "\nfrom eureka_kit.config import PRESETS\nfrom eureka_kit import evaluate\n\n"
      + validate("preset=preset, seed=seed, train_per_level=train_per_level, eval_samples=eval_samples",
                 "preset=P.choice(PRESETS), seed=P.non_negative_int, train_per_level=P.positive_int, eval_samples=P.positive_int")),
@@ -446,7 +447,8 @@ and on physics / chemistry / biology questions that ask the same arithmetic in o
     ("params", params('preset: str = "cpgd"  # RL algorithm\nseed: int = 0\n'
                       'train_per_level: int = 16  # math training problems per level (shared by RL and SFT)\n'
                       'sft_steps: int = 60  # SFT optimizer steps\nsft_batch_size: int = 32\nsft_lr: float = 5e-4\n'
-                      'eval_per_level: int = 4  # test problems per level and subject\neval_samples: int = 4')),
+                      'eval_per_level: int = 4  # test problems per level and subject\neval_samples: int = 4',
+                      lr=1e-4, update_epochs=1, minibatches=1)),
     ("code", IMPORTS + "\nfrom eureka_kit.config import PRESETS\nfrom eureka_kit.tasks.toyworld import SUBJECTS\n\n"
      + validate("preset=preset, seed=seed, train_per_level=train_per_level, sft_steps=sft_steps, "
                 "sft_batch_size=sft_batch_size, sft_lr=sft_lr, eval_per_level=eval_per_level, eval_samples=eval_samples",
