@@ -71,6 +71,8 @@ def nb(cells: list[tuple[str, str]]) -> nbformat.NotebookNode:
             if kind == "params":
                 cell.metadata["tags"] = ["parameters"]
             out.append(cell)
+    for i, cell in enumerate(out):
+        cell["id"] = f"cell-{i:02d}"  # stable ids: rebuilding leaves unchanged notebooks byte-identical
     book = new_notebook(cells=out)
     book.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     book.metadata["language_info"] = {"name": "python"}
