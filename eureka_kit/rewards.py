@@ -119,6 +119,8 @@ def _fast_int(gold: str, answer: str) -> bool | None:
     g, a = gold.strip(), _strip_wrappers(answer)
     if _INT.fullmatch(g) and _INT.fullmatch(a):
         return int(g) == int(a)
+    if _INT.fullmatch(g) and not any(ch.isdigit() for ch in a):
+        return False  # no digit can never equal an integer; saves a math-verify round trip on junk
     return None
 
 
