@@ -177,7 +177,7 @@ def drift_loss(logp: Tensor, old_logp: Tensor, drift_clip: float) -> Tensor:
     Its gradient min(r - 1, c) * grad(logp) equals grad(k3) of the forward KL(pi_old || pi_theta) while
     r <= 1 + c and is capped at c * grad(logp) beyond (still pushing the ratio down). The clip is on the
     gradient coefficient, never on the estimator value. The value is NOT a KL estimate (it can be
-    negative); log `policy/drift_kl_k3` for the drift itself. Returns [B, T].
+    negative); `policy/approx_kl` (k3) logs the drift itself. Returns [B, T].
     """
     coef = (_safe_exp(logp.detach() - old_logp) - 1).clamp(max=drift_clip)
     return coef * logp

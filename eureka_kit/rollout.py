@@ -60,6 +60,7 @@ class Rollouts:
             rollout_logp=self.rollout_logp[index], texts=[self.texts[i] for i in rows],
             finish_reasons=[self.finish_reasons[i] for i in rows], problem_index=self.problem_index[index],
             problems=self.problems, mm_inputs=None if self.mm_inputs is None else [self.mm_inputs[i] for i in rows],
+            extras=dict(self.extras),
         )
 
     @staticmethod

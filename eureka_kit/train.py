@@ -195,7 +195,8 @@ def _lr_lambda(cfg: RunConfig, total_steps: int):
 def _merge_stats(all_stats: list[dict[str, float]]) -> dict[str, float]:
     """Combine micro-batch stats: max of maxima, min of minima, mean of the rest."""
     merged: dict[str, float] = {}
-    for key in all_stats[0]:
+    keys = list(dict.fromkeys(k for s in all_stats for k in s))  # a micro-batch with no valid token has fewer
+    for key in keys:
         values = [s[key] for s in all_stats if key in s]
         merged[key] = max(values) if key.endswith("_max") else min(values) if key.endswith("_min") else float(np.mean(values))
     return merged
