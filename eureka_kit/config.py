@@ -250,6 +250,10 @@ class RunConfig:
     """where the run directory goes (None = runs/<preset>-<seed>)"""
     save_every: int = 0
     """checkpoint every N steps (0 = only at the end)"""
+    resume: bool = False
+    """continue from the latest checkpoint in run_dir (same config); metrics after it are dropped and redone"""
+    max_bad_steps: int = 5
+    """stop after this many consecutive steps whose every update had a NaN/Inf loss or gradient"""
     eval_every: int = 0
     """evaluate every N steps (0 = only at the end)"""
 
@@ -314,7 +318,7 @@ class RunConfig:
         if not 0 < self.top_p <= 1:
             raise ConfigError(f"top_p: must be in (0, 1], got {self.top_p!r}")
         for name in ("group_size", "rollout_batch_size", "train_batch_size", "micro_batch_size",
-                     "update_epochs", "max_len", "max_prompt_len", "num_steps", "logprob_chunk_size"):
+                     "update_epochs", "max_len", "max_prompt_len", "num_steps", "logprob_chunk_size", "max_bad_steps"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"{name}: must be a positive integer, got {value!r}")

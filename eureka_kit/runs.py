@@ -107,12 +107,29 @@ class RunDir:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         model.save_pretrained(tmp, safe_serialization=True)
+        trainer = {"step": step, **(state or {})}
         if optimizer is not None:
-            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        _atomic_write_text(tmp / "state.json", json.dumps({"step": step, **(state or {})}, default=str))
+            trainer["optimizer"] = optimizer.state_dict()
+        torch.save(trainer, tmp / "trainer.pt")  # tensors and plain containers only: loads with weights_only=True
+        _atomic_write_text(tmp / "state.json", json.dumps({"step": step}))
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
         return final
+
+    def truncate_after(self, step: int) -> None:
+        """Forget everything logged after `step` (resume from its checkpoint): metrics, rollouts, problems."""
+        metrics = self.path / "metrics.jsonl"
+        if metrics.exists():
+            kept = [line for line in metrics.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+            _atomic_write_text(metrics, "".join(line + "\n" for line in kept))
+        for later in (s for s in self.rollout_steps() if s > step):
+            (self.path / "rollouts" / f"step_{later:06d}.parquet").unlink()
+        problems = self.problems()
+        self._problem_rows = problems[problems.step <= step].to_dict("records") if len(problems) else []
+        self.flush_problems()
+        for ckpt in self.checkpoints():
+            if int(ckpt.name.split("_")[1]) > step:
+                shutil.rmtree(ckpt)
 
     # --- reading ---------------------------------------------------------------------------
     def config(self) -> dict[str, Any]:

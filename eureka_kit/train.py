@@ -238,9 +238,22 @@ def train(cfg: RunConfig, *, policy=None, processor=None, problems: list[dict] |
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg, cfg.num_steps * opt_steps_per_rollout))
 
     run_path = Path(cfg.run_dir or f"runs/{cfg.preset}-seed{cfg.seed}")
-    run_dir = RunDir(run_path).create(cfg.to_dict())
     run = Run(cfg=cfg, path=run_path, policy=policy, processor=processor)
-    bar = tqdm(range(cfg.num_steps), desc=f"{cfg.preset}", disable=not progress, dynamic_ncols=False, ncols=120)
+    start = 0
+    if cfg.resume and RunDir(run_path).checkpoints():
+        run_dir = RunDir(run_path)
+        start = _restore(run_dir, policy, optimizer, scheduler, stream, gen) + 1
+        run.history = run_dir.metrics().to_dict("records")
+    else:
+        run_dir = RunDir(run_path).create(cfg.to_dict())
+
+    def checkpoint(step: int) -> None:
+        run_dir.flush_problems()
+        run_dir.save_checkpoint(step, policy, optimizer, _trainer_state(scheduler, stream, gen))
+
+    bad_steps = 0
+    bar = tqdm(range(start, cfg.num_steps), desc=f"{cfg.preset}", disable=not progress, dynamic_ncols=False,
+               ncols=120, initial=start, total=cfg.num_steps)
     for step in bar:
         t0 = time.perf_counter()
         policy.eval()
@@ -266,7 +279,7 @@ def train(cfg: RunConfig, *, policy=None, processor=None, problems: list[dict] |
         old_logp, entropy = batched_logprobs(policy, ro, cfg, with_entropy=True)  # (B, T)
         ref_logp = batched_logprobs(ref_policy, ro, cfg) if ref_policy is not None else None
         new_logp = old_logp.clone()
-        step_stats, grad_norms, skipped = [], [], 0
+        step_stats, grad_norms, skipped, nonfinite = [], [], 0, 0
         for _epoch in range(cfg.update_epochs):
             # Shuffle whole groups, so every minibatch holds complete groups (group-token-mean needs them).
             K = cfg.group_size if B % cfg.group_size == 0 else 1
@@ -280,12 +293,16 @@ def train(cfg: RunConfig, *, policy=None, processor=None, problems: list[dict] |
                         logp, old_logp[micro].to(logp.device), adv[micro].to(logp.device), mask[micro].to(logp.device),
                         cfg=cfg, ref_logp=None if ref_logp is None else ref_logp[micro].to(logp.device))
                     weight = losses.aggregation_units(mask[micro], cfg.aggregation, group_size=cfg.group_size) / max(units, 1e-9)
-                    (loss * weight).backward()
+                    if torch.isfinite(loss):
+                        (loss * weight).backward()
+                    else:  # a NaN/Inf loss poisons the whole minibatch: mark it so the step is skipped
+                        nonfinite += 1
                     new_logp[micro] = logp.detach().float().cpu()
                     step_stats.append(stats)
                 grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-                if not torch.isfinite(grad_norm):  # never step on a NaN/Inf gradient; count it instead
+                if nonfinite or not torch.isfinite(grad_norm):  # never step on NaN/Inf; count it instead
                     skipped += 1
+                    nonfinite = 0
                     optimizer.zero_grad(set_to_none=True)
                     continue
                 grad_norms.append(grad_norm.item())
@@ -325,11 +342,50 @@ def train(cfg: RunConfig, *, policy=None, processor=None, problems: list[dict] |
         bar.set_postfix(reward=f"{metrics['reward/mean']:.2f}", acc=f"{metrics['reward/accuracy']:.2f}",
                         ratio_max=f"{metrics.get('policy/ratio_max', 1):.2f}",
                         clip=f"{metrics.get('policy/clipfrac', 0):.3f}")
+        bad_steps = bad_steps + 1 if skipped and not grad_norms else 0
+        if bad_steps >= cfg.max_bad_steps:
+            raise FloatingPointError(
+                f"{bad_steps} consecutive steps had only NaN/Inf losses or gradients (last: step {step}); the run "
+                f"stopped. The last good checkpoint is kept in {run_dir.path / 'checkpoints'}; lower lr or inspect "
+                f"{run_dir.path / 'rollouts'}.")
         if cfg.save_every and (step + 1) % cfg.save_every == 0:
-            run_dir.save_checkpoint(step, policy, optimizer, {"cursor": stream.cursor, "epoch": stream.epoch})
-    run_dir.flush_problems()
-    run_dir.save_checkpoint(cfg.num_steps - 1, policy, optimizer, {"cursor": stream.cursor, "epoch": stream.epoch})
+            checkpoint(step)
+    if start < cfg.num_steps:
+        checkpoint(cfg.num_steps - 1)
     return run
+
+
+def _trainer_state(scheduler, stream: ProblemStream, gen: torch.Generator) -> dict[str, Any]:
+    """Everything besides weights and optimizer that a resumed run needs to continue exactly."""
+    return {"scheduler": scheduler.state_dict(), "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
+            "stream": {"order": stream.order, "cursor": stream.cursor, "epoch": stream.epoch,
+                       "rng": stream.rng.getstate()}}
+
+
+def _restore(run_dir: RunDir, policy, optimizer, scheduler, stream: ProblemStream, gen: torch.Generator) -> int:
+    """Load the latest checkpoint into the live objects; drop logged steps after it. Returns its step."""
+    from safetensors.torch import load_file
+
+    ckpt = run_dir.checkpoints()[-1]
+    state = torch.load(ckpt / "trainer.pt", weights_only=True)  # never unpickle arbitrary objects
+    missing, unexpected = policy.load_state_dict(load_file(ckpt / "model.safetensors"), strict=False)
+    if unexpected or any("lm_head" not in k for k in missing):  # tied heads are saved once
+        raise RuntimeError(f"checkpoint {ckpt}: weights do not match the model (missing {missing}, unexpected {unexpected})")
+    policy.tie_weights()
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    gen.set_state(state["generator"])
+    torch.set_rng_state(state["torch_rng"])
+    s = state["stream"]
+    stream.order, stream.cursor, stream.epoch = list(s["order"]), s["cursor"], s["epoch"]
+    stream.rng.setstate(_as_tuple(s["rng"]))
+    step = int(state["step"])
+    run_dir.truncate_after(step)
+    return step
+
+
+def _as_tuple(x):
+    return tuple(_as_tuple(v) for v in x) if isinstance(x, (list, tuple)) else x
 
 
 def _rollout_rows(step, ro: Rollouts, scored, adv, old_logp, new_logp, mask, processor,

@@ -136,3 +136,59 @@ def test_all_groups_filtered_skips_the_update(tmp_path, problems, monkeypatch):
     assert run.history[0]["optim/skipped"] == 1.0
     assert run.history[0]["filter/rollouts"] == 8  # MAX_ROLLOUTS_PER_STEP refills, then give up
     assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
+
+
+def test_resume_after_a_crash_reproduces_the_uninterrupted_run(tmp_path, problems, monkeypatch):
+    """Crash in step 3, resume from the step-1 checkpoint: metrics equal the uninterrupted run's."""
+    import eureka_kit.train as train_module
+
+    settings = {**SMALL, "num_steps": 4, "save_every": 2}
+    model, tok = build_toy_model(seed=4)
+    full = train(RunConfig.from_preset("grpo", run_dir=str(tmp_path / "a"), **settings), policy=model,
+                 processor=tok, problems=problems, progress=False)
+
+    real_collect, calls = train_module.collect_batch, {"n": 0}
+
+    def crashing_collect(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt("simulated kill during step 3")
+        return real_collect(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "collect_batch", crashing_collect)
+    cfg = RunConfig.from_preset("grpo", run_dir=str(tmp_path / "b"), **settings)
+    model, tok = build_toy_model(seed=4)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, policy=model, processor=tok, problems=problems, progress=False)
+    assert len(open_run(tmp_path / "b").metrics()) == 3  # steps 0-2 logged, checkpoint at step 1
+    monkeypatch.setattr(train_module, "collect_batch", real_collect)
+
+    model, tok = build_toy_model(seed=99)  # different init: the checkpoint must overwrite it
+    resumed = train(RunConfig.from_preset("grpo", run_dir=str(tmp_path / "b"), resume=True, **settings),
+                    policy=model, processor=tok, problems=problems, progress=False)
+    a, b = full.dir.metrics(), resumed.dir.metrics()
+    assert list(b.step) == [0, 1, 2, 3]
+    keys = [k for k in a.columns if not k.startswith("perf/")]
+    for key in keys:
+        assert a[key].tolist() == pytest.approx(b[key].tolist(), rel=1e-5, abs=1e-6, nan_ok=True), key
+    assert len(resumed.dir.problems()) == len(full.dir.problems())
+
+
+def test_consecutive_nonfinite_steps_stop_the_run(tmp_path, problems, monkeypatch):
+    import eureka_kit.losses as losses_module
+
+    real = losses_module.policy_loss
+
+    def nan_loss(*args, **kwargs):
+        loss, stats = real(*args, **kwargs)
+        return loss * float("nan"), stats
+
+    monkeypatch.setattr(losses_module, "policy_loss", nan_loss)
+    model, tok = build_toy_model(seed=5)
+    before = _params(model)
+    cfg = RunConfig.from_preset("grpo", run_dir=str(tmp_path / "n"), max_bad_steps=2, **{**SMALL, "num_steps": 5})
+    with pytest.raises(FloatingPointError, match="2 consecutive steps"):
+        train(cfg, policy=model, processor=tok, problems=problems, progress=False)
+    metrics = open_run(tmp_path / "n").metrics()
+    assert len(metrics) == 2 and (metrics["optim/skipped_steps"] == 2).all()
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters()), "a NaN step changed weights"
