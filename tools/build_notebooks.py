@@ -40,7 +40,9 @@ SETTINGS = '''settings = W.rl_settings(**{k: params[k] for k in ("num_steps", "r
                                                   "minibatches", "update_epochs", "lr", "max_len", "model",
                                                   "data_path")})'''
 
-DEFAULTS = dict(num_steps=30, rollout_batch_size=8, group_size=8, minibatches=4, update_epochs=2, lr=2e-3, max_len=48)
+# Calibrated on the 700-step toy base (2026-11-27): at lr 1e-4, 4 minibatches x 2 epochs GRPO grows a ratio
+# tail (max 72) that CPGD keeps near 17; at 3e-4 and above every arm collapses within 20 steps.
+DEFAULTS = dict(num_steps=40, rollout_batch_size=8, group_size=8, minibatches=4, update_epochs=2, lr=1e-4, max_len=48)
 
 IMPORTS = '''import pandas as pd
 
