@@ -61,7 +61,8 @@ def summarize(per_problem: pd.DataFrame, ks: tuple[int, ...] = (1, 4, 16)) -> pd
                "mostly_solved": float((rate >= 0.5).mean())}
         for k in ks:
             if k <= n:
-                row[f"pass@{k}"] = float(df.apply(lambda r: pass_at_k(int(r.samples), int(r.successes), k), axis=1).mean())
+                row[f"pass@{k}"] = float(sum(pass_at_k(int(s), int(c), k) for s, c in zip(df.samples, df.successes,
+                                                                                         strict=True)) / len(df))
         out.append(row)
     return pd.DataFrame(out)
 

@@ -37,7 +37,7 @@ def test_toy_model_size_and_save_load(tmp_path):
     tok.save_pretrained(tmp_path)
     assert (tmp_path / "model.safetensors").exists()
     m2, t2 = load(str(tmp_path))
-    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), m2.state_dict().values()))
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), m2.state_dict().values(), strict=True))
     s = "user\nWhat is 1+2?"
     assert t2(s)["input_ids"] == tok(s)["input_ids"]  # the char pre-tokenizer survives reloading
 
