@@ -10,8 +10,8 @@ from eureka_kit.prm import (
     PRMTrainConfig,
     encode_example,
     init_prm,
-    process_for_scoring,
     prm_loss,
+    process_for_scoring,
     reward_token_ids,
     score_processes,
     score_steps,
@@ -86,7 +86,7 @@ def test_marker_alignment(toy):
     _, tok = toy
     ids, targets = encode_example(tok, "What is 1+2?", "1+2=3<prm>\n\n3<prm>", [0.5, 0.0])
     marker = tok.convert_tokens_to_ids("<prm>")
-    assert [t for t, i in zip(targets, ids) if i == marker] == [0.5, 0.0]
+    assert [t for t, i in zip(targets, ids, strict=False) if i == marker] == [0.5, 0.0]
     assert sum(t != -100 for t in targets) == 2
     with pytest.raises(ValueError, match="labels"):
         encode_example(tok, "q", "a<prm>", [0.5, 1.0])
@@ -106,7 +106,7 @@ def test_train_and_score_tiny(toy):
     losses = train_prm(model, tok, examples, PRMTrainConfig(epochs=4, lr=3e-3, batch_size=4, max_seq_len=256),
                        progress=False)
     assert len(losses) == 8 and all(math.isfinite(x) for x in losses) and losses[-1] < losses[0]
-    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=False))
     problem = dict(question="What is 2+3?")
     good, bad = score_steps(model, tok, problem, ["2+3=5", "5"]), score_steps(model, tok, problem, ["2+3=6"])
     assert len(good) == 2 and len(bad) == 1 and all(0 < s < 1 for s in good + bad)

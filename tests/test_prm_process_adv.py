@@ -56,7 +56,7 @@ def test_token_step_index_char_tokenizer():
     idx, counts = token_step_index(tok, t, mask)
     assert counts == [3]
     pieces = [tok.decode([i]) for i in ids]
-    by_step = {k: "".join(p for p, s in zip(pieces, idx[0].tolist()) if s == k) for k in (-1, 0, 1, 2)}
+    by_step = {k: "".join(p for p, s in zip(pieces, idx[0].tolist(), strict=False) if s == k) for k in (-1, 0, 1, 2)}
     assert by_step == {-1: "<|im_end|>", 0: "<step>1+2=3</step>", 1: "<step>3*2=6</step>",
                        2: "<answer>6</answer>"}
     assert idx[0, -2:].tolist() == [-1, -1]
