@@ -30,7 +30,7 @@ def _report(args: argparse.Namespace) -> int:
 def _add_report(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("report", help="run the toy-world ablation and write an HTML report")
     p.add_argument("--out", default="reports/toy_world", help="output folder (index.html, runs/)")
-    p.add_argument("--presets", default="grpo,grpo_kl,cpgd", help="comma-separated presets to compare")
+    p.add_argument("--presets", default="grpo,cpgd", help="comma-separated presets to compare")
     p.add_argument("--steps", type=int, default=0, help="RL steps per preset (0 = report default)")
     p.add_argument("--eval-samples", type=int, default=8, help="samples per test problem")
     p.add_argument("--seed", type=int, default=0)
