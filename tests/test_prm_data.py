@@ -251,7 +251,7 @@ def test_label_problems_pipeline_and_resume(tmp_path):
 
     model, tok = build_toy_model()
     problems = toyworld.generate("train", "math", 1, levels=(0, 4, 5))
-    run_cfg = RunConfig(max_len=12)
+    run_cfg = RunConfig(max_len=6)
     cfg = SearchConfig(num_rollouts=2, rollout_budget=6, max_search_count=2)
     paths = label_problems(model, tok, problems, tmp_path, run_cfg, cfg, seed=0, progress=False)
     assert [p.exists() for p in paths] == [True] * 3

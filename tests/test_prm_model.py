@@ -101,11 +101,11 @@ def test_process_for_scoring():
 def test_train_and_score_tiny(toy):
     model, tok = build_toy_model(seed=1)
     examples = [dict(question="What is 2+3?", process="2+3=5<prm>\n\n5<prm>", labels=[1.0, 1.0]),
-                dict(question="What is 2+3?", process="2+3=6<prm>", labels=[0.0])] * 4
+                dict(question="What is 2+3?", process="2+3=6<prm>", labels=[0.0])] * 2
     before = [p.detach().clone() for p in model.parameters()]
     losses = train_prm(model, tok, examples, PRMTrainConfig(epochs=4, lr=3e-3, batch_size=4, max_seq_len=256),
                        progress=False)
-    assert len(losses) == 8 and all(math.isfinite(x) for x in losses) and losses[-1] < losses[0]
+    assert len(losses) == 4 and all(math.isfinite(x) for x in losses) and losses[-1] < losses[0]
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=False))
     problem = dict(question="What is 2+3?")
     good, bad = score_steps(model, tok, problem, ["2+3=5", "5"]), score_steps(model, tok, problem, ["2+3=6"])
