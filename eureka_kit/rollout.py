@@ -155,6 +155,10 @@ def generate_hf(policy, processor, problems: list[dict], cfg, generator: torch.G
     # No autocast here: the static cache is allocated in the weights' dtype and autocast's bf16 k/v would not
     # fit it (seen on an H200). Rollouts run in the model's dtype: load the model in bf16 for fast rollouts.
     speed = dict(cache_implementation="static") if on_gpu else {}
+    # In a vision-language model a sampled image placeholder would desynchronise image features and tokens in
+    # the learner's forward, so they are suppressed. (The sampling distribution is then renormalised without
+    # them: rollout/logp_mismatch shows their mass, ~0 for a trained model.)
+    banned = placeholder_token_ids(tok) if hasattr(policy.config, "vision_config") else []
     out = policy.generate(
         input_ids=ids.to(device), attention_mask=attn.to(device),
         **{k: v.to(device) for k, v in merge_mm(mm_rows).items()},
@@ -162,7 +166,7 @@ def generate_hf(policy, processor, problems: list[dict], cfg, generator: torch.G
         max_new_tokens=cfg.max_len, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
         # Per-step scores cost B x T x V memory (40 GB at B=256, T=256, V=151,936): keep them on CPU only,
         # where they give the rollout-vs-learner log-prob check; on GPU the learner's old_logp is used.
-        output_scores=not on_gpu, return_dict_in_generate=True, **speed,
+        output_scores=not on_gpu, return_dict_in_generate=True, suppress_tokens=banned or None, **speed,
     )
     policy.train(was_training)
     completion = out.sequences[:, ids.shape[1]:].cpu()
@@ -188,6 +192,16 @@ def generate_hf(policy, processor, problems: list[dict], cfg, generator: torch.G
         problem_index=torch.arange(len(problems)).repeat_interleave(K), problems=list(problems),
         mm_inputs=mm_rows, extras={"pad_id": tok.pad_token_id, "has_rollout_logp": out.scores is not None},
     )
+
+
+PLACEHOLDER_TOKENS = ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>", "<image>", "<IMG_CONTEXT>",
+                      "<img>", "</img>")
+
+
+def placeholder_token_ids(tok) -> list[int]:
+    """Ids of multimodal placeholder tokens the tokenizer knows (never to be sampled)."""
+    vocab = tok.get_vocab()
+    return sorted(vocab[t] for t in PLACEHOLDER_TOKENS if t in vocab)
 
 
 def generate_vllm(policy, processor, problems, cfg, generator=None, **kwargs) -> Rollouts:

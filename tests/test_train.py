@@ -192,3 +192,32 @@ def test_consecutive_nonfinite_steps_stop_the_run(tmp_path, problems, monkeypatc
     metrics = open_run(tmp_path / "n").metrics()
     assert len(metrics) == 2 and (metrics["optim/skipped_steps"] == 2).all()
     assert all(torch.equal(p, before[n]) for n, p in model.named_parameters()), "a NaN step changed weights"
+
+
+def test_multimodal_step_on_the_tiny_vl_model_keeps_the_vision_tower_frozen(tmp_path):
+    model, processor = build_toy_model(multimodal=True, seed=0)
+    problems = toyworld.load("train", "math", seed=0, n_per_level=2, multimodal=True)
+    assert problems[0]["image"] is not None
+    vision = {n: p.detach().clone() for n, p in model.named_parameters() if "visual" in n}
+    language = {n: p.detach().clone() for n, p in model.named_parameters() if "visual" not in n}
+    assert vision and language
+    cfg = RunConfig.from_preset("cpgd", model="toy-vl", multimodal=True, run_dir=str(tmp_path / "vl"),
+                                **{**SMALL, "micro_batch_size": 4, "max_len": 9})
+    run = train(cfg, policy=model, processor=processor, problems=problems, progress=False)
+    assert all(torch.equal(p, vision[n]) for n, p in model.named_parameters() if "visual" in n)
+    assert any(not torch.equal(p, language[n]) for n, p in model.named_parameters() if "visual" not in n)
+    # Image placeholders are suppressed in sampling, so the only log-prob gap is their (small) mass.
+    assert run.history[-1]["rollout/logp_mismatch"] < 0.1
+
+
+@pytest.mark.parametrize("preset", ["pg", "cpg", "pgd", "grpo_kl", "grpo_dual_clip", "rloo", "reinforce_pp",
+                                    "reinforce_pp_baseline", "dr_grpo", "dapo", "cispo", "gspo"])
+def test_every_preset_runs_two_steps_and_moves_the_policy(tmp_path, problems, preset):
+    model, tok = build_toy_model(seed=6)
+    before = _params(model)
+    cfg = RunConfig.from_preset(preset, run_dir=str(tmp_path / preset), update_epochs=2,
+                                **{**SMALL, "max_len": 20})  # > dapo's overlong buffer of 16
+    run = train(cfg, policy=model, processor=tok, problems=problems, progress=False)
+    assert any(not torch.equal(p, before[n]) for n, p in model.named_parameters()), preset
+    assert all(torch.isfinite(torch.tensor(h["loss/total"])) for h in run.history if "loss/total" in h)
+    assert max(h.get("policy/ratio_max", 1.0) for h in run.history) != 1.0  # the second epoch is off-policy
