@@ -30,7 +30,7 @@ def _report(args: argparse.Namespace) -> int:
 def _add_report(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("report", help="run the toy-world ablation and write an HTML report")
     p.add_argument("--out", default="reports/toy_world", help="output folder (index.html, runs/)")
-    p.add_argument("--presets", default="grpo,cpgd", help="comma-separated presets to compare")
+    p.add_argument("--presets", default="grpo,grpo_kl,cpgd", help="comma-separated presets to compare")
     p.add_argument("--steps", type=int, default=0, help="RL steps per preset (0 = report default)")
     p.add_argument("--eval-samples", type=int, default=8, help="samples per test problem")
     p.add_argument("--seed", type=int, default=0)
@@ -90,6 +90,45 @@ def _add_sweep(sub: argparse._SubParsersAction) -> None:
     sweep.add_cli(sub)
 
 
+def _eval(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from eureka_kit import evaluate, models
+    from eureka_kit.config import RunConfig
+
+    target = Path(args.model)
+    run_cfg = None
+    if (target / "config.json").exists() and (target / "checkpoints").exists():  # a run directory
+        from eureka_kit.runs import open_run
+
+        rd = open_run(target)
+        run_cfg = rd.config()["config"]
+        target = rd.checkpoints()[-1]
+    policy, processor = models.load(str(target) if run_cfg or target.exists() else args.model, seed=args.seed)
+    base = dict(run_cfg or {}, seed=args.seed, max_len=args.max_len)
+    cfg = RunConfig.from_dict({**RunConfig.from_preset("grpo").to_dict(), **base, "run_dir": None})
+    per_problem, summary = evaluate.evaluate(policy, processor, cfg, subjects=tuple(args.subjects.split(",")),
+                                             num_samples=args.samples, progress=True)
+    print(summary.to_string(index=False))
+    if args.out:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        per_problem.to_parquet(Path(args.out) / "eval_per_problem.parquet", index=False)
+        (Path(args.out) / "eval_summary.json").write_text(json.dumps(summary.to_dict("records"), indent=2))
+    return 0
+
+
+def _add_eval(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="pass@k per subject of 'toy', a model folder or a run directory's last checkpoint")
+    p.add_argument("model", help="'toy', a local model folder, or a run directory")
+    p.add_argument("--subjects", default="math,physics,chemistry,biology")
+    p.add_argument("--samples", type=int, default=16, help="samples per problem (temperature from the run, else 1)")
+    p.add_argument("--max-len", type=int, default=48)
+    p.add_argument("--out", default="", help="folder for eval_per_problem.parquet and eval_summary.json")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_eval)
+
+
 # Each entry adds one subcommand (parser + handler). Other modules register theirs here.
 def _toy_build(args: argparse.Namespace) -> int:
     from eureka_kit.toy import SFTConfig, build_base_policy
@@ -115,7 +154,7 @@ def _add_prm(sub: argparse._SubParsersAction) -> None:
     prm_cli.add_cli(sub)
 
 
-SUBCOMMANDS = [_add_selfcheck, _add_report, _add_train, _add_sweep, _add_toy, _add_prm]
+SUBCOMMANDS = [_add_selfcheck, _add_report, _add_train, _add_eval, _add_sweep, _add_toy, _add_prm]
 
 
 def build_parser() -> argparse.ArgumentParser:

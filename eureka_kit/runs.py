@@ -72,7 +72,7 @@ class RunDir:
         return self
 
     def log_metrics(self, metrics: dict[str, Any]) -> None:
-        with open(self.path / "metrics.jsonl", "a") as f:
+        with (self.path / "metrics.jsonl").open("a") as f:
             f.write(json.dumps(metrics, default=float) + "\n")
 
     def write_rollouts(self, step: int, rows: list[dict[str, Any]]) -> Path:
@@ -98,8 +98,10 @@ class RunDir:
             pd.DataFrame(self._problem_rows).to_parquet(tmp, index=False)
             os.replace(tmp, self.path / "problems.parquet")
 
-    def save_checkpoint(self, step: int, model, optimizer=None, state: dict[str, Any] | None = None) -> Path:
-        """Model weights (safetensors via save_pretrained), optimizer state, RNG/cursor state; atomic."""
+    def save_checkpoint(self, step: int, model, optimizer=None, state: dict[str, Any] | None = None,
+                        processor=None) -> Path:
+        """Model weights (safetensors via save_pretrained), tokenizer/processor, optimizer state, RNG/cursor
+        state; atomic. The folder loads with `models.load(path)`."""
         import torch
 
         final = self.path / "checkpoints" / f"step_{step:06d}"
@@ -107,6 +109,8 @@ class RunDir:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         model.save_pretrained(tmp, safe_serialization=True)
+        if processor is not None:
+            processor.save_pretrained(tmp)
         trainer = {"step": step, **(state or {})}
         if optimizer is not None:
             trainer["optimizer"] = optimizer.state_dict()
@@ -160,3 +164,8 @@ def open_run(path: str | os.PathLike) -> RunDir:
     if not (path / "config.json").exists():
         raise FileNotFoundError(f"run directory: {path} has no config.json (not a eureka_kit run)")
     return RunDir(path)
+
+
+def open(path: str | os.PathLike) -> RunDir:  # noqa: A001 - `eureka_kit.runs.open(path)` reads naturally
+    """The run directory at `path` for analysts: `.metrics()`, `.rollouts(step)`, `.problems()` are DataFrames."""
+    return open_run(path)

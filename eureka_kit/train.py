@@ -249,7 +249,7 @@ def train(cfg: RunConfig, *, policy=None, processor=None, problems: list[dict] |
 
     def checkpoint(step: int) -> None:
         run_dir.flush_problems()
-        run_dir.save_checkpoint(step, policy, optimizer, _trainer_state(scheduler, stream, gen))
+        run_dir.save_checkpoint(step, policy, optimizer, _trainer_state(scheduler, stream, gen), processor=processor)
 
     bad_steps = 0
     bar = tqdm(range(start, cfg.num_steps), desc=f"{cfg.preset}", disable=not progress, dynamic_ncols=False,

@@ -221,3 +221,15 @@ def test_every_preset_runs_two_steps_and_moves_the_policy(tmp_path, problems, pr
     assert any(not torch.equal(p, before[n]) for n, p in model.named_parameters()), preset
     assert all(torch.isfinite(torch.tensor(h["loss/total"])) for h in run.history if "loss/total" in h)
     assert max(h.get("policy/ratio_max", 1.0) for h in run.history) != 1.0  # the second epoch is off-policy
+
+
+def test_checkpoint_loads_as_a_model_folder_and_runs_open(tmp_path, problems):
+    from eureka_kit import models, runs
+
+    model, tok = build_toy_model(seed=7)
+    train(RunConfig.from_preset("grpo", run_dir=str(tmp_path / "c"), **{**SMALL, "num_steps": 1}),
+          policy=model, processor=tok, problems=problems, progress=False)
+    rd = runs.open(tmp_path / "c")
+    loaded, loaded_tok = models.load(str(rd.checkpoints()[-1]))
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.state_dict().values(), strict=True))
+    assert loaded_tok("What is 1+2?")["input_ids"] == tok("What is 1+2?")["input_ids"]
