@@ -81,7 +81,7 @@ SENTINEL_DEFAULTS = dict(
     ratio_max=10.0,          # any token ratio above this is a blow-up precursor (MM-Eureka §4.5)
     entropy_slope=-0.02,     # entropy falling faster than this per step, fitted over `window` steps
     length_drop=0.5,         # mean response length below this fraction of its early-run median
-    format_gap=0.4,          # format reward (0..1 scaled) far above accuracy: reward hacking the format
+    format_gap=0.3,          # format rate gained minus accuracy gained over `window` steps: hacking the format
     window=10,
 )
 
@@ -92,7 +92,9 @@ def collapse_warnings(history: list[dict[str, float]], **thresholds: float) -> l
     Kinds: ratio_tail (policy/ratio_max above `ratio_max`), entropy_slope (least-squares slope of
     policy/entropy over the last `window` steps below `entropy_slope`), length_collapse
     (rollout/len_mean below `length_drop` x the median of the first `window` steps: PG/PGD's
-    `<think>`-only collapse), format_divergence (reward/format_frac - reward/accuracy above `format_gap`).
+    `<think>`-only collapse), format_divergence (over the last `window` steps the format rate rose while accuracy
+    did not: (format_frac gain) - (accuracy gain) above `format_gap`; a model that was always well formatted
+    never triggers it).
     Missing metrics are skipped, so this works on any subset of the documented keys.
     """
     t = {**SENTINEL_DEFAULTS, **thresholds}
@@ -111,10 +113,11 @@ def collapse_warnings(history: list[dict[str, float]], **thresholds: float) -> l
         if early_length and i >= window and h.get("rollout/len_mean", early_length) < t["length_drop"] * early_length:
             warn(step, "length_collapse", h["rollout/len_mean"],
                  f"mean response length {h['rollout/len_mean']:.1f} < {t['length_drop']} x early median {early_length:.1f}")
-        if "reward/format_frac" in h and "reward/accuracy" in h:
-            gap = h["reward/format_frac"] - h["reward/accuracy"]
+        past = history[i - window + 1] if i + 1 >= window else None
+        if past is not None and all(k in h and k in past for k in ("reward/format_frac", "reward/accuracy")):
+            gap = (h["reward/format_frac"] - past["reward/format_frac"]) - (h["reward/accuracy"] - past["reward/accuracy"])
             if gap > t["format_gap"]:
-                warn(step, "format_divergence", gap, f"format reward outruns accuracy by {gap:.2f}")
+                warn(step, "format_divergence", gap, f"format rate gained {gap:.2f} more than accuracy over {window} steps")
         entropies = [x.get("policy/entropy") for x in history[max(0, i - window + 1): i + 1]]
         if i + 1 >= window and all(e is not None for e in entropies):
             slope = _slope(entropies)

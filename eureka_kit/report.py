@@ -23,9 +23,11 @@ from eureka_kit import diagnostics, evaluate, viz
 from eureka_kit.config import RunConfig
 from eureka_kit.train import train
 
-# Off-policy pressure: 4 optimizer steps per rollout at a high learning rate (ALGORITHMS.md D8).
+# Off-policy pressure (ALGORITHMS.md D8): 64 responses per rollout, 4 minibatches x 2 epochs = 8 optimizer
+# steps per rollout. Calibrated on the 700-step toy base: at lr 1e-4 GRPO's max token ratio reached 72 where
+# CPGD's stayed near 17; at lr 3e-4 and above every preset collapsed to ~0 accuracy within 20 steps.
 TOY_PRESSURE = dict(rollout_batch_size=8, group_size=8, train_batch_size=16, micro_batch_size=16,
-                    update_epochs=1, max_len=48, lr=2e-3, num_steps=40)
+                    update_epochs=2, max_len=48, lr=1e-4, num_steps=40, reward_timeout=2.0)
 
 
 def write_plotly_js(out_dir: Path) -> None:
@@ -55,7 +57,7 @@ def _table(df: pd.DataFrame, floatfmt: str = "{:.3g}") -> str:
     return df.to_html(index=False, float_format=lambda v: floatfmt.format(v), border=0)
 
 
-def toy_report(out_dir: str | Path = "reports/toy_world", presets: tuple[str, ...] = ("grpo", "cpgd"),
+def toy_report(out_dir: str | Path = "reports/toy_world", presets: tuple[str, ...] = ("grpo", "grpo_kl", "cpgd"),
                *, seed: int = 0, eval_samples: int = 8, progress: bool = True, **overrides) -> Path:
     """Run the toy-world ablation and write `out_dir/index.html`. Returns the page's path."""
     from eureka_kit import models
@@ -98,7 +100,7 @@ def toy_report(out_dir: str | Path = "reports/toy_world", presets: tuple[str, ..
         sections.append((f"{name}: per-problem learning matrix", figure_div(viz.problem_matrix(run.dir.problems()))))
     write_plotly_js(out_dir)
     page = out_dir / "index.html"
-    page.write_text(html_page("eureka_kit toy-world report: GRPO vs CPGD under off-policy pressure", sections))
+    page.write_text(html_page(f"eureka_kit toy-world report: {', '.join(presets)} under off-policy pressure", sections))
     (out_dir / "summary.json").write_text(json.dumps(headline.to_dict(orient="records"), indent=2))
     print(headline.to_string(index=False))
     print(f"report: {page} ({elapsed:.0f} s)")
@@ -118,9 +120,19 @@ def _headline(base: pd.DataFrame, after: dict[str, pd.DataFrame], histories: dic
             "peak ratio max": h["policy/ratio_max"].max() if "policy/ratio_max" in h else float("nan"),
             "mean clip frac": h["policy/clipfrac"].mean() if "policy/clipfrac" in h else float("nan"),
             "final entropy": h["policy/entropy"].iloc[-1] if "policy/entropy" in h else float("nan"),
-            "warnings": len(diagnostics.collapse_warnings(h.to_dict("records"))) if len(h) else 0,
+            "warnings": _warning_summary(h),
         })
     return pd.DataFrame(rows)
+
+
+def _warning_summary(history: pd.DataFrame) -> str:
+    """'ratio_tail x4 (first at step 3)' per sentinel kind, '-' when none fired."""
+    if history.empty:
+        return "-"
+    found: dict[str, list[int]] = {}
+    for w in diagnostics.collapse_warnings(history.to_dict("records")):
+        found.setdefault(str(w["kind"]), []).append(int(w["step"]))
+    return "; ".join(f"{k} x{len(v)} (first at step {v[0]})" for k, v in found.items()) or "-"
 
 
 def _setup_html(settings: dict, presets, seed: int, eval_samples: int, elapsed: float) -> str:
@@ -137,7 +149,7 @@ def _findings_html(headline: pd.DataFrame, histories: dict[str, pd.DataFrame]) -
         delta, ood = row["math acc"] - base["math acc"], row["OOD acc"] - base["OOD acc"]
         lines.append(f"<li><b>{row.model}</b>: math accuracy {base['math acc']:.1%} → {row['math acc']:.1%} "
                      f"({delta:+.1%}), out-of-domain {base['OOD acc']:.1%} → {row['OOD acc']:.1%} ({ood:+.1%}); "
-                     f"largest token ratio seen {row['peak ratio max']:.3g}; {row.warnings} collapse warning(s).</li>")
+                     f"largest token ratio seen {row['peak ratio max']:.3g}; collapse sentinels: {row.warnings}.</li>")
     if len(headline) > 2:
         best = headline.iloc[1:].sort_values("math acc", ascending=False).iloc[0]
         calm = headline.iloc[1:].sort_values("peak ratio max").iloc[0]

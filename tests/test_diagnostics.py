@@ -128,11 +128,18 @@ def test_length_collapse_flagged():
 
 
 def test_format_divergence_flagged():
+    # Window 10: at step 12 the format rate has risen 0.6 -> 0.95 since step 3 while accuracy fell 0.4 -> 0.2:
+    # gap = 0.35 - (-0.2) = 0.55 > 0.3.
     h = calm_history()
-    h[7]["reward/format_frac"], h[7]["reward/accuracy"] = 0.95, 0.2
+    h[12]["reward/format_frac"], h[12]["reward/accuracy"] = 0.95, 0.2
     w = diagnostics.collapse_warnings(h)
-    assert [(x["kind"], x["step"]) for x in w] == [("format_divergence", 7)]
-    assert w[0]["value"] == pytest.approx(0.75)
+    assert [(x["kind"], x["step"]) for x in w] == [("format_divergence", 12)]
+    assert w[0]["value"] == pytest.approx(0.55)
+
+
+def test_a_model_that_was_always_well_formatted_is_not_flagged():
+    h = [{**row, "reward/format_frac": 1.0, "reward/accuracy": 0.3} for row in calm_history()]
+    assert "format_divergence" not in kinds(diagnostics.collapse_warnings(h))
 
 
 def test_missing_metrics_are_skipped():
