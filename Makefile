@@ -16,9 +16,10 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[dev,notebooks]'
 	touch $@
 
-# The main job: the algorithm self-check table (the toy-world report builds on it).
+# The main job: the toy-world report (GRPO, GRPO+KL, CPGD under off-policy pressure) -> reports/toy_world/index.html
 report: setup
 	$(BIN)/eureka-kit selfcheck
+	$(BIN)/eureka-kit report --out reports/toy_world
 
 selfcheck: setup
 	$(BIN)/eureka-kit selfcheck
