@@ -64,14 +64,25 @@ def last_boxed(text: str) -> str | None:
     return None
 
 
+def _first_answer(text: str) -> str | None:
+    """The leftmost `<answer>...</answer>` span, as a lazy regex would match it, in linear time (a regex is
+    quadratic in unclosed tags, which a hostile completion can exploit outside the time limit)."""
+    start = text.find("<answer>")
+    end = -1 if start < 0 else text.find("</answer>", start + 8)
+    return None if end < 0 else text[start + 8:end]
+
+
 def extract_answer(response: str, compat: bool = False) -> str | None:
     """The answer span the accuracy reward scores (see the module table); None if there is none."""
-    if compat:
-        m = re.search(r"<answer>(.*?)</answer>", response)  # no DOTALL: single line only (quirk)
-        return m.group(1) if m else response.split("<answer>")[-1]
-    m = re.search(r"<answer>(.*?)</answer>", response, re.DOTALL)
-    if m:
-        return m.group(1)
+    if compat:  # quirk: the released regex has no DOTALL, so only a single-line span counts
+        for line in response.split("\n"):
+            span = _first_answer(line)
+            if span is not None:
+                return span
+        return response.split("<answer>")[-1]
+    span = _first_answer(response)
+    if span is not None:
+        return span
     boxed = last_boxed(response)
     return None if boxed is None else "\\boxed{" + boxed + "}"
 
@@ -118,7 +129,10 @@ def _fast_int(gold: str, answer: str) -> bool | None:
     """Integer gold vs integer answer -> equality (math-verify's result for these pairs); else None."""
     g, a = gold.strip(), _strip_wrappers(answer)
     if _INT.fullmatch(g) and _INT.fullmatch(a):
-        return int(g) == int(a)
+        try:
+            return int(g) == int(a)
+        except ValueError:  # over sys.get_int_max_str_digits(): let math-verify decide under the time limit
+            return None
     if _INT.fullmatch(g) and not any(ch.isdigit() for ch in a):
         return False  # no digit can never equal an integer; saves a math-verify round trip on junk
     return None

@@ -12,6 +12,7 @@ Everything is plain JSON/parquet so analysts can open it with pandas or polars.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import platform
@@ -108,14 +109,20 @@ class RunDir:
         tmp = final.with_name(final.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        model.save_pretrained(tmp, safe_serialization=True)
-        if processor is not None:
-            processor.save_pretrained(tmp)
-        trainer = {"step": step, **(state or {})}
-        if optimizer is not None:
-            trainer["optimizer"] = optimizer.state_dict()
-        torch.save(trainer, tmp / "trainer.pt")  # tensors and plain containers only: loads with weights_only=True
-        _atomic_write_text(tmp / "state.json", json.dumps({"step": step}))
+        try:
+            model.save_pretrained(tmp, safe_serialization=True)
+            if processor is not None:
+                processor.save_pretrained(tmp)
+            trainer = {"step": step, **(state or {})}
+            if optimizer is not None:
+                trainer["optimizer"] = optimizer.state_dict()
+            torch.save(trainer, tmp / "trainer.pt")  # tensors and plain containers only: weights_only=True loads it
+            _atomic_write_text(tmp / "state.json", json.dumps({"step": step}))
+        except Exception as exc:  # disk full, read-only, file-size limit: say where, keep the earlier checkpoints
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise OSError(getattr(exc, "errno", None) or errno.EIO,
+                          f"checkpoint {final}: write failed ({type(exc).__name__}: {exc}); "
+                          f"earlier checkpoints in {final.parent} are untouched") from exc
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
         return final

@@ -132,7 +132,7 @@ def load_problems(cfg: RunConfig, split: str = "train", subject: str = "math") -
         return toyworld.load(split, subject, seed=cfg.seed, multimodal=cfg.multimodal)
     from eureka_kit.tasks import mmk12
 
-    return mmk12.load(cfg.data_path, split=split)
+    return mmk12.load(cfg.data_path, split=split, subject=None if split == "train" else subject).rows
 
 
 # ---------------------------------------------------------------------------------------------

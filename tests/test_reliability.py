@@ -255,9 +255,6 @@ def test_real_file_size_limit_during_a_checkpoint_is_a_clear_error_and_keeps_the
     _assert_last_good_checkpoint_intact(tmp_path / "run", saved, problems)
 
 
-@pytest.mark.xfail(strict=True, reason="runs.save_checkpoint lets safetensors' SafetensorError ('File too large "
-                   "(os error 27)', no path) escape: not an OSError and the checkpoint path is not named; patch in "
-                   "docs/reliability.md")
 def test_a_failed_checkpoint_write_is_an_oserror_naming_the_checkpoint(tmp_path):
     resource = pytest.importorskip("resource")
     rd = RunDir(tmp_path / "run").create({"seed": 0})
@@ -329,8 +326,6 @@ def test_jsonl_answer_of_the_wrong_type(tmp_path, answer):
     _assert_bad_row_1(path, "answer")
 
 
-@pytest.mark.xfail(strict=True, reason="mmk12.load catches only ValueError: wrong-typed JSONL fields raise a bare "
-                   "TypeError/AttributeError naming neither file nor row; patch in docs/reliability.md")
 @pytest.mark.parametrize("record", [
     {"message": json.dumps([{"role": "user", "content": [{"type": "text", "text": 5}]}]), "answer": "2"},
     {"message": json.dumps([{"role": "user", "content": 5}]), "answer": "2"},
@@ -345,16 +340,12 @@ def test_jsonl_wrong_types_name_file_and_row(tmp_path, record):
     _assert_bad_row_1(path, "")
 
 
-@pytest.mark.xfail(strict=True, reason="mmk12._check_row never opens the image: undecodable bytes and decompression "
-                   "bombs pass validation and fail later in a rollout with no file/row; patch in docs/reliability.md")
 @pytest.mark.parametrize("image", [b"definitely not an image", _png()[:40], _png_header_only(100_000, 100_000)],
                          ids=["garbage", "truncated", "huge-100k-x-100k"])
 def test_unreadable_or_huge_image_names_file_and_row(tmp_path, image):
     _assert_bad_row_1(_write_parquet(tmp_path, _ok_row(1, image={"bytes": image, "path": None})), "image")
 
 
-@pytest.mark.xfail(strict=True, reason="train.load_problems returns mmk12.load's LoadResult, not its rows: "
-                   "ProblemStream fails with 'object of type LoadResult has no len()'; patch in docs/reliability.md")
 def test_training_on_a_local_mmk12_folder_gets_a_list_of_rows(tmp_path):
     from eureka_kit.train import ProblemStream, load_problems
 

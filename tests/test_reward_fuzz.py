@@ -16,7 +16,7 @@ from eureka_kit import rewards
 TIMEOUT = 1.0
 SLACK = 1.0  # parent-side text work on 1 MB inputs + scheduling on a loaded 2-core CI box
 MAX_EXAMPLES = 150
-KNOWN_BUGS_PATCHED = False
+KNOWN_BUGS_PATCHED = True
 ALLOWED = {"accuracy": {0.0, 1.0}, "format": {0.0, 0.5}, "total": {0.0, 0.5, 1.0, 1.5}, "timeout": {0.0, 1.0}}
 MB = 1 << 20
 
@@ -127,8 +127,6 @@ def test_unicode_digits_count_as_the_number_and_confusable_letters_do_not():
     assert rewards.score("<answer>а</answer>", "A", timeout=TIMEOUT)["accuracy"] == 0.0  # Cyrillic a
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError, reason="rewards._fast_int calls int() on > 4300-digit integers "
-                   "(sys.get_int_max_str_digits) outside any try: score raises ValueError; patch in docs/reliability.md")
 @pytest.mark.parametrize("completion,gold", [("<answer>1" + "0" * 10000 + "</answer>", "1"),
                                              ("\\boxed{" + "9" * 5000 + "}", "9"),
                                              ("<answer>5</answer>", "1" + "0" * 10000)])
@@ -137,9 +135,6 @@ def test_integers_longer_than_4300_digits_score_without_raising(completion, gold
     assert parts["accuracy"] == 0.0
 
 
-@pytest.mark.xfail(strict=True, reason="extract_answer's re.search(r'<answer>(.*?)</answer>') is quadratic in the "
-                   "number of unclosed <answer> tags and runs in the caller, outside the time limit "
-                   "(16k tags = 128 KB: ~7 s; 1 MB: minutes); patch in docs/reliability.md")
 @pytest.mark.parametrize("compat", [False, True])
 def test_many_unclosed_answer_tags_stay_within_the_time_limit(compat):
     _warm_worker()

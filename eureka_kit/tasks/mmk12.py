@@ -67,6 +67,12 @@ def _check_row(raw: dict, fallback_id: str) -> dict:
         image = image.get("bytes") or image.get("path")
     if image is not None and not isinstance(image, (bytes, bytearray, str)):
         raise ValueError(f"image: expected bytes, path or HF image struct, got {type(image).__name__}")
+    if isinstance(image, (bytes, bytearray)):  # open it now: garbage, truncation and decompression bombs fail here
+        try:
+            with Image.open(io.BytesIO(image)) as im:
+                im.verify()
+        except Exception as exc:  # UnidentifiedImageError, DecompressionBombError, truncated data
+            raise ValueError(f"image: unreadable ({type(exc).__name__}: {exc})") from None
     subject = raw.get("subject") or "math"
     if subject not in SUBJECTS:
         raise ValueError(f"subject: expected one of {SUBJECTS}, got {subject!r}")
@@ -151,7 +157,7 @@ def load(path: str | Path, split: str = "train", *, subject: str | None = None,
                 fallback = f"{file.stem}-{i}"
                 row = (_check_row(raw, fallback) if file.suffix == ".parquet"
                        else _from_message(raw, file.parent, fallback))
-            except ValueError as exc:
+            except (ValueError, TypeError, AttributeError) as exc:
                 msg = f"{file}: row {i}: {exc}"
                 if not skip_bad_rows:
                     raise MMK12FormatError(msg) from None
