@@ -150,6 +150,17 @@ def _findings_html(headline: pd.DataFrame, histories: dict[str, pd.DataFrame]) -
         lines.append(f"<li><b>{row.model}</b>: math accuracy {base['math acc']:.1%} → {row['math acc']:.1%} "
                      f"({delta:+.1%}), out-of-domain {base['OOD acc']:.1%} → {row['OOD acc']:.1%} ({ood:+.1%}); "
                      f"largest token ratio seen {row['peak ratio max']:.3g}; collapse sentinels: {row.warnings}.</li>")
+    arms = headline.set_index("model")
+    if {"grpo", "cpgd"} <= set(arms.index):
+        g, c = arms.loc["grpo", "peak ratio max"], arms.loc["cpgd", "peak ratio max"]
+        verdict = "reproduces" if c < g else "does NOT reproduce"
+        lines.append(f"<li>Stability (CPGD paper §4.2: GRPO without KL grows ratio tails, CPGD keeps them bounded) "
+                     f"{verdict} here: peak token ratio GRPO {g:.3g} vs CPGD {c:.3g} ({g / c:.2g}x).</li>")
+    lifted = [m for m in arms.index[1:] if arms.loc[m, "math acc"] > base["math acc"]]
+    lines.append(f"<li>RL improving in-domain accuracy over the base policy: "
+                 + (f"seen for {', '.join(lifted)}." if lifted else
+                    "does NOT reproduce here: every preset ends below the base policy (see reports/LOG.md).")
+                 + "</li>")
     if len(headline) > 2:
         best = headline.iloc[1:].sort_values("math acc", ascending=False).iloc[0]
         calm = headline.iloc[1:].sort_values("peak ratio max").iloc[0]
