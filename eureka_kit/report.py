@@ -157,7 +157,7 @@ def _findings_html(headline: pd.DataFrame, histories: dict[str, pd.DataFrame]) -
         lines.append(f"<li>Stability (CPGD paper §4.2: GRPO without KL grows ratio tails, CPGD keeps them bounded) "
                      f"{verdict} here: peak token ratio GRPO {g:.3g} vs CPGD {c:.3g} ({g / c:.2g}x).</li>")
     lifted = [m for m in arms.index[1:] if arms.loc[m, "math acc"] > base["math acc"]]
-    lines.append(f"<li>RL improving in-domain accuracy over the base policy: "
+    lines.append("<li>RL improving in-domain accuracy over the base policy: "
                  + (f"seen for {', '.join(lifted)}." if lifted else
                     "does NOT reproduce here: every preset ends below the base policy (see reports/LOG.md).")
                  + "</li>")
