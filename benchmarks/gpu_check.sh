@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One script for a lent GPU (issue 6, item 4). Run from the repository root:
+# One script for a GPU machine (issue 6, item 4). Run from the repository root:
 #     OUT=/some/dir bash benchmarks/gpu_check.sh          (OUT defaults to /tmp/gpu_check)
 # Stages, each under its own `timeout`, the whole script within TOTAL_S (default 470 s, < 8 min):
 #   0. nvidia-smi; python / torch / transformers (/ trl / datasets) versions
