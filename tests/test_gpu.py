@@ -1,4 +1,4 @@
-"""CUDA checks (run by benchmarks/gpu_check.sh on a lent GPU; skipped cleanly without CUDA).
+"""CUDA checks (run by benchmarks/gpu_check.sh on a GPU machine; skipped cleanly without CUDA).
 
 * chunked log-probs (from logits and fused from hidden states) equal the naive full-vocab path on CUDA,
   values and gradients, in fp32 and bf16;
