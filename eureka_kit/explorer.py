@@ -6,9 +6,9 @@ Everything that computes is a pure function of (run path, step, sample, choices)
 or tables, so it is tested without a browser; `ExplorerWidget` (ipywidgets, JupyterLab) and
 notebooks/ratio_explorer.py (marimo) are thin wrappers that call `view(...)`.
 
-Entropy: training does not save per-token entropy in the rollouts parquet; when the column is absent
-the explorer shows the sampled token's surprisal -log p_old instead (its expectation is the entropy)
-and says so in the legend.
+Entropy: training saves the per-token policy entropy (old policy, sampling temperature) in the rollouts
+parquet; for run directories written before that column existed the explorer shows the sampled token's
+surprisal -log p_old instead (its expectation is the entropy) and says so in the legend.
 """
 
 from __future__ import annotations

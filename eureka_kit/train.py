@@ -334,8 +334,8 @@ def train(cfg: RunConfig, *, policy=None, processor=None, problems: list[dict] |
         })
         run_dir.log_metrics(metrics)
         run.history.append(metrics)
-        run_dir.write_rollouts(step, _rollout_rows(step, ro, scored, adv, old_logp, new_logp, mask, processor,
-                                                  cfg.group_size))
+        run_dir.write_rollouts(step, _rollout_rows(step, ro, scored, adv, old_logp, new_logp, entropy, mask,
+                                                  processor, cfg.group_size))
         run_dir.add_problem_attempts(step, [ro.problems[i]["id"] for i in ro.problem_index.tolist()],
                                      [ro.problems[i].get("subject", "math") for i in ro.problem_index.tolist()],
                                      scored["accuracy"].tolist())
@@ -388,7 +388,7 @@ def _as_tuple(x):
     return tuple(_as_tuple(v) for v in x) if isinstance(x, (list, tuple)) else x
 
 
-def _rollout_rows(step, ro: Rollouts, scored, adv, old_logp, new_logp, mask, processor,
+def _rollout_rows(step, ro: Rollouts, scored, adv, old_logp, new_logp, entropy, mask, processor,
                   group_size: int) -> list[dict[str, Any]]:
     """One parquet row per response, per-token arrays trimmed to the response length."""
     rows = []
@@ -404,6 +404,6 @@ def _rollout_rows(step, ro: Rollouts, scored, adv, old_logp, new_logp, mask, pro
             "token_ids": ro.completion_ids[i, :n].tolist(),
             "tokens": tokenizer_of(processor).convert_ids_to_tokens(ro.completion_ids[i, :n].tolist()),
             "rollout_logp": ro.rollout_logp[i, :n].tolist(), "old_logp": old_logp[i, :n].tolist(),
-            "new_logp": new_logp[i, :n].tolist(), "loss_mask": mask[i, :n].tolist(),
+            "new_logp": new_logp[i, :n].tolist(), "entropy": entropy[i, :n].tolist(), "loss_mask": mask[i, :n].tolist(),
         })
     return rows

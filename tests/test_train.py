@@ -65,7 +65,8 @@ def test_train_updates_parameters_and_writes_the_run_directory(tmp_path, problem
     rollouts = rd.rollouts(1)
     assert len(rollouts) == SMALL["rollout_batch_size"] * SMALL["group_size"]
     row = rollouts.iloc[0]
-    assert len(row.token_ids) == len(row.old_logp) == len(row.new_logp) == len(row.rollout_logp) > 0
+    assert len(row.token_ids) == len(row.old_logp) == len(row.new_logp) == len(row.rollout_logp) == len(row.entropy) > 0
+    assert all(0.0 <= e <= float(torch.log(torch.tensor(float(model.config.vocab_size)))) + 1e-4 for e in row.entropy)
     problems_table = rd.problems()
     assert set(problems_table.columns) >= {"step", "problem_id", "attempts", "successes"}
     assert problems_table.attempts.sum() == 2 * SMALL["rollout_batch_size"] * SMALL["group_size"]
