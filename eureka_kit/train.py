@@ -193,12 +193,22 @@ def _lr_lambda(cfg: RunConfig, total_steps: int):
 
 
 def _merge_stats(all_stats: list[dict[str, float]]) -> dict[str, float]:
-    """Combine micro-batch stats: max of maxima, min of minima, mean of the rest."""
+    """Combine micro-batch stats: max of maxima, min of minima, token-weighted mean of the rest
+    (`policy/num_tokens` is summed), so a step's clip fraction is the fraction of its tokens.
+    Quantiles become token-weighted means of the micro-batch quantiles (an approximation)."""
     merged: dict[str, float] = {}
     keys = list(dict.fromkeys(k for s in all_stats for k in s))  # a micro-batch with no valid token has fewer
     for key in keys:
-        values = [s[key] for s in all_stats if key in s]
-        merged[key] = max(values) if key.endswith("_max") else min(values) if key.endswith("_min") else float(np.mean(values))
+        pairs = [(s[key], s.get("policy/num_tokens", 1.0)) for s in all_stats if key in s]
+        values, weights = [v for v, _ in pairs], [w for _, w in pairs]
+        if key == "policy/num_tokens":
+            merged[key] = float(sum(values))
+        elif key.endswith("_max"):
+            merged[key] = max(values)
+        elif key.endswith("_min"):
+            merged[key] = min(values)
+        else:
+            merged[key] = float(np.average(values, weights=weights)) if sum(weights) > 0 else float(np.mean(values))
     return merged
 
 

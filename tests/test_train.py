@@ -234,3 +234,16 @@ def test_checkpoint_loads_as_a_model_folder_and_runs_open(tmp_path, problems):
     loaded, loaded_tok = models.load(str(rd.checkpoints()[-1]))
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.state_dict().values(), strict=True))
     assert loaded_tok("What is 1+2?")["input_ids"] == tok("What is 1+2?")["input_ids"]
+
+
+def test_micro_batch_stats_merge_by_tokens():
+    from eureka_kit.train import _merge_stats
+
+    merged = _merge_stats([
+        {"policy/num_tokens": 30.0, "policy/clipfrac": 0.1, "policy/ratio_max": 2.0, "policy/ratio_min": 0.9},
+        {"policy/num_tokens": 10.0, "policy/clipfrac": 0.5, "policy/ratio_max": 3.0, "policy/ratio_min": 0.5},
+        {"policy/num_tokens": 0.0},  # a micro-batch whose tokens were all masked
+    ])
+    assert merged["policy/num_tokens"] == 40.0
+    assert merged["policy/clipfrac"] == pytest.approx((30 * 0.1 + 10 * 0.5) / 40)
+    assert merged["policy/ratio_max"] == 3.0 and merged["policy/ratio_min"] == 0.5
