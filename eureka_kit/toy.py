@@ -22,7 +22,6 @@ import torch
 from tqdm import tqdm
 
 from eureka_kit import __version__
-from eureka_kit.rewards import score_batch
 from eureka_kit.tasks import toyworld
 from eureka_kit.tasks.prompts import prompt_text
 
@@ -161,29 +160,18 @@ def build_base_policy(seed: int = 0, cfg: SFTConfig = SFTConfig(), *, force: boo
     return out
 
 
-@torch.no_grad()
-def sample_completions(model, tokenizer, prompts: list[str], k: int, *, temperature: float = 1.0,
-                       max_new_tokens: int = 48, batch_size: int = 512, seed: int = 0) -> list[list[str]]:
-    """k sampled completions per prompt (text, special tokens removed except the think/answer tags)."""
-    torch.manual_seed(seed)
-    tokenizer.padding_side = "left"  # decoder-only generation: prompts must end where generation starts
-    flat = [p for p in prompts for _ in range(k)]
-    texts = []
-    for i in range(0, len(flat), batch_size):
-        enc = tokenizer(flat[i:i + batch_size], return_tensors="pt", padding=True, add_special_tokens=False)
-        out = model.generate(**enc, do_sample=temperature > 0, temperature=temperature or None, top_p=1.0,
-                             max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id)
-        texts += tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
-    return [texts[j * k:(j + 1) * k] for j in range(len(prompts))]
-
-
 def sample_pass_counts(model, tokenizer, problems: list[dict], k: int = 16, *, template: str = "none",
-                       **kwargs) -> list[int]:
-    """Number of correct samples (accuracy reward) out of k, per problem."""
-    prompts = [prompt_text(tokenizer, p, template) for p in problems]
-    comps = sample_completions(model, tokenizer, prompts, k, **kwargs)
-    return [int(sum(s["accuracy"] for s in score_batch(c, [p["answer"]] * k, timeout=None)))
-            for c, p in zip(comps, problems, strict=True)]
+                       max_new_tokens: int = 48, seed: int = 0) -> list[int]:
+    """Number of correct samples (accuracy reward) out of k at temperature 1, per problem.
+
+    Samples through the package's rollout and evaluation path (`evaluate.sample_problems`), so these
+    numbers are the ones training and the reports see.
+    """
+    from eureka_kit.config import RunConfig
+    from eureka_kit.evaluate import sample_problems
+
+    cfg = RunConfig.from_preset("grpo", prompt_template=template, max_len=max_new_tokens, seed=seed)
+    return sample_problems(model, tokenizer, problems, cfg, num_samples=k, seed=seed).successes.tolist()
 
 
 def pass_stats(counts: list[int], k: int) -> dict[str, float]:

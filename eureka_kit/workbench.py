@@ -68,10 +68,11 @@ def sft_arm(base_policy, processor, problems: list[dict], *, steps: int, batch_s
     (the answer without the worked steps, same format so the format reward is unchanged).
     Returns (policy, losses).
     """
+    from eureka_kit.models import tokenizer_of
     from eureka_kit.toy import SFTConfig, sft, sft_examples
 
     policy = copy.deepcopy(base_policy)
-    tok = getattr(processor, "tokenizer", processor)
+    tok = tokenizer_of(processor)
     examples = sft_examples(tok, problems)
     if answer_only:
         for ex, p in zip(examples, problems, strict=True):
