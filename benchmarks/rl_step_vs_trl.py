@@ -1,7 +1,6 @@
 """One RL step on CPU: eureka_kit `train()` vs TRL `GRPOTrainer`, same model, prompts, reward and config.
 
     .venv/bin/python benchmarks/rl_step_vs_trl.py [--rounds 3] [--steps 8] [--json out.json]
-        [--patched [P1,P4,P5]] [--with-patched] [--print-patch]
 
 Setup (both sides, docs/FEASIBILITY.md §3 baseline adapted):
   * model: `eureka_kit.models.build_toy_model(seed=0)` -- the tiny Qwen2 (H128, L3, char vocab), *random init*
@@ -12,7 +11,8 @@ Setup (both sides, docs/FEASIBILITY.md §3 baseline adapted):
   * reward: `eureka_kit.rewards` (accuracy + format) on both sides (`make_reward_fn()` for TRL);
   * 8 prompts/step x 4 generations x 32 new tokens, *forced*: TRL via `generation_kwargs={"min_new_tokens": 32}`;
     eureka's `train` has no min-new-tokens knob, so the model's own `generation_config.min_new_tokens = 32`
-    (transformers merges it into every `generate` call) -- mean completion lengths are recorded on both sides;
+    (transformers merges it into every `generate` call; eureka's lean sampling loop honours it the same way) --
+    mean completion lengths are recorded on both sides;
   * one optimizer update per step (32 completions per optimizer batch and micro-batch), lr 1e-4, AdamW
     betas (0.9, 0.999), grad clip 1, beta (reference KL) 0, ppo-clip eps 0.2, token-mean aggregation
     (TRL `loss_type="dapo"`, eureka preset `grpo` with `aggregation="token-mean"`), temperature 1, top_p 1, top_k 0;
@@ -24,12 +24,6 @@ process tree. Per-step time = wall time between the starts of consecutive steps 
 backward, optimizer, metric logging, eureka's per-step parquet/problem bookkeeping, TRL's logging). Model/trainer
 construction and step 0 (warm-up) are excluded; the run has one extra step so the last measured step has an end.
 The per-step median over all rounds is reported; on a shared machine the numbers are noisy, hence A/B alternation.
-
-`--patched` runs the eureka side with the package fixes proposed in benchmarks/RESULTS.md (all, or the named ones),
-loaded as patched copies of train.py / rollout.py in the worker process only (the package is not edited; see
-PATCHES); `--with-patched` adds a third side, patched eureka, to the A/B/C alternation (the headline ratio stays
-unpatched eureka vs TRL, and `rl_step_speedup_vs_trl_patched=` is printed before it); `--print-patch` prints the
-exact diff.
 
 Last line: `rl_step_speedup_vs_trl=<TRL median s/step / ours median s/step>`.
 """
@@ -79,149 +73,10 @@ def _model():
 
 
 # ---------------------------------------------------------------------------------------------
-# Proposed package fixes, as exact source edits (file, old text, new text). `--patched` loads patched copies of
-# train.py / rollout.py in this process only (the package is not edited); `--print-patch` prints the unified diff.
-
-_CACHE_KW = '"cache" if "cache" in inspect.signature(policy.forward).parameters else "past_key_values"'
-
-PATCHES: list[tuple[str, str, str, str]] = [
-    # P4 (rollout.py): prefill each distinct prompt once, share its KV cache across its K samples.
-    ("rollout.py", "P4 shared-prompt prefill in generate_hf",
-     '    speed = dict(cache_implementation="static") if on_gpu else {}\n',
-     '    speed = dict(cache_implementation="static") if on_gpu else {}\n'
-     '    if K > 1 and not on_gpu and mm is None and ids.shape[1] > 1:\n'
-     '        # Rows i*K .. i*K+K-1 repeat prompt i: prefill each prompt once (1/K of the prompt work) and repeat\n'
-     '        # its KV cache K times; generate then only runs the last prompt token and the decode steps.\n'
-     '        import inspect\n'
-     '\n'
-     '        from transformers import DynamicCache\n'
-     '\n'
-     '        cache, u_ids, u_attn = DynamicCache(config=policy.config), ids[::K, :-1], attn[::K, :-1]\n'
-     '        u_ids, u_attn = u_ids.to(device), u_attn.to(device)\n'
-     f'        key = {_CACHE_KW}\n'
-     '        policy(input_ids=u_ids, attention_mask=u_attn, position_ids=(u_attn.cumsum(1) - 1).clamp(min=0),\n'
-     '               use_cache=True, logits_to_keep=1, **{key: cache})\n'
-     '        cache.batch_repeat_interleave(K)\n'
-     '        speed[key] = cache\n'),
-    # P5 (train.py): learner / old-logprob forward runs each group's prompt once.
-    ("train.py", "P5 shared-prompt learner forward",
-     '    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16 and device.type == "cuda"):\n'
-     '        hidden = policy.model(input_ids=input_ids, attention_mask=attention, use_cache=False, **kwargs).last_hidden_state\n'
-     '    P = prompt_ids.shape[1]\n'
-     '    hidden = hidden[:, P - 1 : -1]  # position t predicts completion token t\n',
-     '    P, K = prompt_ids.shape[1], cfg.group_size\n'
-     '    shared = ("position_ids" in kwargs and len(kwargs) == 1 and completion_ids.shape[1] > 1\n'
-     '              and not any(getattr(m, "gradient_checkpointing", False) for m in policy.modules())\n'
-     '              and _whole_groups(prompt_ids, K))\n'
-     '    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16 and device.type == "cuda"):\n'
-     '        if shared:\n'
-     '            hidden = _shared_prompt_hidden(policy, input_ids, attention, kwargs["position_ids"], P, K)\n'
-     '        else:\n'
-     '            hidden = policy.model(input_ids=input_ids, attention_mask=attention, use_cache=False,\n'
-     '                                  **kwargs).last_hidden_state\n'
-     '            hidden = hidden[:, P - 1 : -1]  # position t predicts completion token t\n'),
-    ("train.py", "P5 helpers",
-     '@torch.no_grad()\ndef batched_logprobs(',
-     'def _whole_groups(prompt_ids: Tensor, K: int) -> bool:\n'
-     '    """True when the rows are whole groups of K consecutive responses to one prompt (K > 1)."""\n'
-     '    if K < 2 or prompt_ids.shape[0] % K:\n'
-     '        return False\n'
-     '    grouped = prompt_ids.view(-1, K, prompt_ids.shape[1])\n'
-     '    return bool((grouped == grouped[:, :1]).all())\n'
-     '\n'
-     '\n'
-     'def _shared_prompt_hidden(policy, input_ids, attention, position_ids, P: int, K: int) -> Tensor:\n'
-     '    """Final hidden states predicting the completion tokens (positions P-1 .. end-1), with the prompt run once\n'
-     '    per group: its KV cache (autograd history included) is repeated K times and the completions attend to it.\n'
-     '    Same values and gradients as the full forward (up to fp rounding); prompt compute / K."""\n'
-     '    import inspect\n'
-     '\n'
-     '    from transformers import DynamicCache\n'
-     '\n'
-     f'    key = {_CACHE_KW}\n'
-     '    cache = DynamicCache(config=policy.config)\n'
-     '    h_prompt = policy.model(input_ids=input_ids[::K, :P], attention_mask=attention[::K, :P],\n'
-     '                            position_ids=position_ids[::K, :P], use_cache=True, **{key: cache}).last_hidden_state\n'
-     '    cache.batch_repeat_interleave(K)\n'
-     '    h_completion = policy.model(input_ids=input_ids[:, P:-1], attention_mask=attention[:, :-1],\n'
-     '                                position_ids=position_ids[:, P:-1], use_cache=True, **{key: cache}).last_hidden_state\n'
-     '    return torch.cat([h_prompt[:, -1:].repeat_interleave(K, dim=0), h_completion], dim=1)\n'
-     '\n'
-     '\n'
-     '@torch.no_grad()\ndef batched_logprobs('),
-    # P1 (train.py): exactly on-policy steps take old_logp (and entropy) from the learner forward.
-    ("train.py", "P1 skip the old-logprob pass when on-policy",
-     '        old_logp, entropy = batched_logprobs(policy, ro, cfg, with_entropy=True)  # (B, T)\n',
-     '        # One epoch, one micro-batch: the learner forward *is* the old policy; take old_logp/entropy from it.\n'
-     '        on_policy = cfg.update_epochs == 1 and cfg.micro_batch_size >= B and cfg.train_batch_size >= B\n'
-     '        old_logp, entropy = (None, None) if on_policy else batched_logprobs(policy, ro, cfg, with_entropy=True)\n'),
-    ("train.py", "P1 new_logp",
-     '        new_logp = old_logp.clone()\n',
-     '        new_logp = None if old_logp is None else old_logp.clone()\n'),
-    ("train.py", "P1 learner",
-     '                    logp = completion_logprobs(policy, ro, micro, cfg)\n',
-     '                    if old_logp is None:  # on-policy (see above): old = this forward, detached\n'
-     '                        logp, ent = completion_logprobs(policy, ro, micro, cfg, with_entropy=True)\n'
-     '                        old_logp, entropy = torch.zeros(B, mask.shape[1]), torch.zeros(B, mask.shape[1])\n'
-     '                        old_logp[micro], entropy[micro] = logp.detach().float().cpu(), ent.detach().float().cpu()\n'
-     '                        new_logp = old_logp.clone()\n'
-     '                    else:\n'
-     '                        logp = completion_logprobs(policy, ro, micro, cfg)\n'),
-]
-
-
-def patched_sources(names: set[str] | None = None) -> dict[str, tuple[str, str]]:
-    """{file: (original, patched)} for eureka_kit/train.py and rollout.py with PATCHES (or those named) applied."""
-    import eureka_kit
-
-    root = Path(eureka_kit.__file__).parent
-    out: dict[str, tuple[str, str]] = {}
-    for fname, name, old, new in PATCHES:
-        if names is not None and name.split()[0] not in names:
-            continue
-        orig, text = out.get(fname) or ((root / fname).read_text(),) * 2
-        if text.count(old) != 1:
-            raise SystemExit(f"patch {name!r}: anchor not found exactly once in eureka_kit/{fname} (package changed)")
-        out[fname] = (orig, text.replace(old, new))
-    return out
-
-
-def print_patch() -> None:
-    import difflib
-
-    for fname, (orig, text) in patched_sources().items():
-        sys.stdout.writelines(difflib.unified_diff(orig.splitlines(True), text.splitlines(True),
-                                                   f"a/eureka_kit/{fname}", f"b/eureka_kit/{fname}"))
-
-
-def apply_patches(names: set[str] | None = None):
-    """Patched copies of eureka_kit.rollout / eureka_kit.train as fresh modules; returns (train module, applied)."""
-    import types
-
-    import eureka_kit.rollout as rollout_mod
-    import eureka_kit.train as train_mod
-
-    srcs = patched_sources(names)
-    mods = {}
-    for fname, real in (("rollout.py", rollout_mod), ("train.py", train_mod)):
-        if fname not in srcs:
-            mods[fname] = real
-            continue
-        mod = types.ModuleType(real.__name__ + "_patched")
-        mod.__file__ = real.__file__
-        sys.modules[mod.__name__] = mod  # dataclasses look their module up there
-        exec(compile(srcs[fname][1], real.__file__ + " (patched)", "exec"), mod.__dict__)  # noqa: S102
-        mods[fname] = mod
-    mods["train.py"].rollout = mods["rollout.py"]  # train() calls rollout.generate -> the patched generate_hf
-    applied = [name for _, name, _, _ in PATCHES if names is None or name.split()[0] in names]
-    return mods["train.py"], applied
-
-
-# ---------------------------------------------------------------------------------------------
 # Workers (one per subprocess).
 
 
-def worker_ours(steps: int, patched: str | None, profile: str | None) -> dict:
+def worker_ours(steps: int, profile: str | None) -> dict:
     _set_threads()
     import torch
 
@@ -229,9 +84,6 @@ def worker_ours(steps: int, patched: str | None, profile: str | None) -> dict:
     from eureka_kit import train as train_mod
     from eureka_kit.config import RunConfig
 
-    applied = []
-    if patched:
-        train_mod, applied = apply_patches(None if patched == "all" else set(patched.split(",")))  # noqa: F811
     model, tok = _model()
     model.generation_config.min_new_tokens = NEW_TOKENS  # no min-length knob in train(): force via the model
     problems = _problems(tok)
@@ -270,7 +122,7 @@ def worker_ours(steps: int, patched: str | None, profile: str | None) -> dict:
         prof.disable()
         prof.dump_stats(profile)
     return {"side": "ours", "begins": begins, "len_mean_per_step": lens, "train_wall_s": wall,
-            "patched": applied, "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "torch": torch.__version__, "threads": torch.get_num_threads(),
             "params": sum(p.numel() for p in model.parameters())}
 
 
@@ -321,12 +173,10 @@ def worker_trl(steps: int) -> dict:
 # ---------------------------------------------------------------------------------------------
 
 
-def run_side(side: str, steps: int, patched: str | None, profile: str | None = None) -> dict:
+def run_side(side: str, steps: int, profile: str | None = None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "out.json"
         cmd = [sys.executable, __file__, "--worker", side, "--steps", str(steps), "--worker-out", str(out)]
-        if patched:
-            cmd += ["--patched", patched]
         if profile:
             cmd += ["--profile", profile]
         env = dict(os.environ, OMP_NUM_THREADS=str(THREADS), MKL_NUM_THREADS=str(THREADS),
@@ -348,10 +198,6 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=3, help="A/B rounds (each side a fresh subprocess per round)")
     ap.add_argument("--steps", type=int, default=8, help="measured steps per side per round (+ warm-up + 1)")
-    ap.add_argument("--patched", nargs="?", const="all", default=None,
-                    help="eureka side with the proposed fixes: all, or a comma list of P1,P4,P5")
-    ap.add_argument("--with-patched", action="store_true", help="also run patched eureka as a third side")
-    ap.add_argument("--print-patch", action="store_true", help="print the proposed package diff and exit")
     ap.add_argument("--only", choices=("ours", "trl"), help="run one side only (debugging)")
     ap.add_argument("--json", help="write all results here")
     ap.add_argument("--worker", choices=("ours", "trl"), help=argparse.SUPPRESS)
@@ -359,25 +205,17 @@ def main() -> None:
     ap.add_argument("--profile", help=argparse.SUPPRESS)
     args = ap.parse_args()
 
-    if args.print_patch:
-        print_patch()
-        return
     if args.worker:
-        res = worker_ours(args.steps, args.patched, args.profile) if args.worker == "ours" else worker_trl(args.steps)
+        res = worker_ours(args.steps, args.profile) if args.worker == "ours" else worker_trl(args.steps)
         Path(args.worker_out).write_text(json.dumps(res))
         return
 
     total_steps = args.steps + 2  # warm-up step 0, measured steps, one more so the last measured step has an end
-    # side -> (worker, patch set)
-    plan = {"ours": ("ours", args.patched), "trl": ("trl", None)}
-    if args.with_patched:
-        plan = {"ours": ("ours", None), "ours_patched": ("ours", args.patched or "all"), "trl": ("trl", None)}
-    sides = [args.only] if args.only else list(plan)
+    sides = [args.only] if args.only else ["ours", "trl"]
     results: dict[str, list[dict]] = {s: [] for s in sides}
     for r in range(args.rounds):
-        for side in sides:  # A/B/A/B (A/B/C with --with-patched)
-            worker, patch = plan[side]
-            res = run_side(worker, total_steps, patch)
+        for side in sides:  # A/B/A/B
+            res = run_side(side, total_steps)
             results[side].append(res)
             ms = res["measured_step_s"]
             print(f"round {r} {side:12s}: median {statistics.median(ms):.3f} s/step over {len(ms)} steps "
@@ -392,7 +230,7 @@ def main() -> None:
         lens = [x for res in results[side] for x in res["len_mean_per_step"] if x is not None]
         summary[side] = {"median_s": statistics.median(all_steps), "mean_s": statistics.mean(all_steps),
                          "min_s": min(all_steps), "round_medians_s": per_round, "n_steps": len(all_steps),
-                         "len_mean": statistics.mean(lens), "patched": results[side][0].get("patched")}
+                         "len_mean": statistics.mean(lens)}
     params = next((res[0].get("params") for res in results.values() if res[0].get("params")), "?")
     print()
     print(f"config: {PROMPTS} prompts x {GENS} generations x {NEW_TOKENS} new tokens (forced), 1 update/step, "
@@ -400,20 +238,15 @@ def main() -> None:
           f"{args.rounds} rounds x {args.steps} steps, sides alternated in each round")
     print("| side | median s/step | mean s/step | min s/step | round medians | mean completion length |")
     print("|---|---:|---:|---:|---|---:|")
-    names = {"ours": "eureka_kit train()" + (f" (patched {args.patched})" if args.patched and not args.with_patched
-                                             else ""),
-             "ours_patched": f"eureka_kit train() patched ({args.patched or 'all'})", "trl": "TRL GRPOTrainer"}
+    names = {"ours": "eureka_kit train()", "trl": "TRL GRPOTrainer"}
     for side in sides:
         s = summary[side]
         print(f"| {names[side]} | {s['median_s']:.3f} | {s['mean_s']:.3f} | {s['min_s']:.3f} | "
               f"{', '.join(f'{x:.3f}' for x in s['round_medians_s'])} | {s['len_mean']:.1f} |")
     out = {"summary": summary, "rounds": results, "config": {
         "prompts": PROMPTS, "generations": GENS, "new_tokens_forced": NEW_TOKENS, "lr": LR, "threads": THREADS,
-        "rounds": args.rounds, "steps": args.steps, "patched": args.patched, "with_patched": args.with_patched,
+        "rounds": args.rounds, "steps": args.steps,
         "model": "build_toy_model(seed=0), random init"}}
-    if "ours_patched" in summary and "trl" in summary:
-        out["rl_step_speedup_vs_trl_patched"] = summary["trl"]["median_s"] / summary["ours_patched"]["median_s"]
-        print(f"rl_step_speedup_vs_trl_patched={out['rl_step_speedup_vs_trl_patched']:.3f}")
     if "ours" in summary and "trl" in summary:
         out["rl_step_speedup_vs_trl"] = summary["trl"]["median_s"] / summary["ours"]["median_s"]
     if args.json:

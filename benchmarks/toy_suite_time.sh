@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
-# Wall time of the README main job: the toy-world report, `eureka-kit report` with its defaults
-# (presets grpo,cpgd; report defaults for steps; 8 eval samples; output reports/toy_world).
-# The README's `make report` is meant to run this job (Makefile `report` target; see RESULTS.md for what
-# the target actually ran on the measured commit). Target (issue 6): <= 10 minutes on 2 cores.
+# Wall time of the README main job: the report suite, `eureka-kit report` with its defaults (the toy-world
+# report: presets grpo,grpo_kl,cpgd, 40 steps, 8 eval samples; then every notebook in eureka_kit/suite.py SUITE
+# under papermill; then the index). `make report` runs `eureka-kit selfcheck` (seconds) and this.
+# Target: <= 10 minutes on 2 cores.
 #
 #   bash benchmarks/toy_suite_time.sh [--dry-run] [--out DIR] [extra eureka-kit report args...]
 #
-# --dry-run only prints the command. --out defaults to a fresh temp folder so the tracked
-# reports/toy_world is not rewritten by a benchmark run. The SFT base policy cache
-# ($EUREKA_KIT_CACHE, default ~/.cache/eureka_kit) is used if present; whether it was warm is printed,
-# because a cold cache adds the SFT build (~1.5 min) to the time. Last line: toy_suite_seconds=<n>.
+# --dry-run only prints the command. --out defaults to a fresh temp folder, so the repository's reports/ is not
+# rewritten and no notebook is skipped as finished. The SFT base policy cache ($EUREKA_KIT_CACHE, default
+# ~/.cache/eureka_kit) is used if present; whether it was warm is printed, because a cold cache adds the SFT
+# build (~1.5 min) to the time. Last line: toy_suite_seconds=<n>.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN="${VENV:-.venv}/bin"
@@ -24,7 +24,7 @@ while [ $# -gt 0 ]; do
   esac
   shift
 done
-[ -n "$OUT" ] || OUT="$(mktemp -d -t toy_suite_XXXXXX)/toy_world"
+[ -n "$OUT" ] || OUT="$(mktemp -d -t toy_suite_XXXXXX)/reports"
 CMD=("$BIN/eureka-kit" report --out "$OUT" ${ARGS[@]+"${ARGS[@]}"})
 echo "command: ${CMD[*]}"
 if [ "$DRY" = 1 ]; then

@@ -3,4 +3,12 @@
 from eureka_kit.config import PRESETS, ConfigError, RunConfig
 
 __version__ = "0.1.0"
-__all__ = ["RunConfig", "PRESETS", "ConfigError", "__version__"]
+__all__ = ["RunConfig", "PRESETS", "ConfigError", "launch", "__version__"]
+
+
+def __getattr__(name: str):
+    if name == "launch":  # imported on first use: it pulls in torch and the training loop
+        from eureka_kit.launcher import launch
+
+        return launch
+    raise AttributeError(f"module 'eureka_kit' has no attribute {name!r}")

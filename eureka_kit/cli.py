@@ -19,31 +19,47 @@ def _add_selfcheck(sub: argparse._SubParsersAction) -> None:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from eureka_kit import report
+    from eureka_kit import suite
 
-    overrides = {"num_steps": args.steps} if args.steps else {}
-    report.toy_report(args.out, tuple(args.presets.split(",")), seed=args.seed, eval_samples=args.eval_samples,
-                      **overrides)
-    return 0
+    toy_kwargs = dict(presets=tuple(args.presets.split(",")), seed=args.seed, eval_samples=args.eval_samples,
+                      **({"num_steps": args.steps} if args.steps else {}))
+    notebooks = [] if args.only_toy else (args.notebooks.split(",") if args.notebooks else None)
+    results = suite.build_suite(args.out, notebooks=notebooks, toy=not args.no_toy, toy_kwargs=toy_kwargs,
+                                force=args.force)
+    return 1 if any(r.get("status") != "ok" for r in results) else 0
 
 
 def _add_report(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("report", help="run the toy-world ablation and write an HTML report")
-    p.add_argument("--out", default="reports/toy_world", help="output folder (index.html, runs/)")
-    p.add_argument("--presets", default="grpo,grpo_kl,cpgd", help="comma-separated presets to compare")
-    p.add_argument("--steps", type=int, default=0, help="RL steps per preset (0 = report default)")
-    p.add_argument("--eval-samples", type=int, default=8, help="samples per test problem")
+    p = sub.add_parser("report", help="the report suite: toy-world ablation + every notebook (papermill) + index")
+    p.add_argument("--out", default="reports", help="reports folder (toy_world/, <notebook>/report/, index.html)")
+    p.add_argument("--only-toy", action="store_true", help="only the toy-world report (and the index)")
+    p.add_argument("--no-toy", action="store_true", help="only the notebooks (and the index)")
+    p.add_argument("--notebooks", default="", help="comma-separated subset of the suite's notebooks")
+    p.add_argument("--force", action="store_true", help="re-run notebooks that already finished")
+    p.add_argument("--presets", default="grpo,grpo_kl,cpgd", help="toy world: comma-separated presets to compare")
+    p.add_argument("--steps", type=int, default=0, help="toy world: RL steps per preset (0 = report default)")
+    p.add_argument("--eval-samples", type=int, default=8, help="toy world: samples per test problem")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_report)
 
 
 def _train(args: argparse.Namespace) -> int:
+    import json
+    import os
+    from pathlib import Path
+
     from eureka_kit.config import RunConfig
     from eureka_kit.train import train
 
     overrides = {k: v for k, v in vars(args).items() if k in _config_fields() and v is not None}
-    run = train(RunConfig.from_preset(args.preset, **overrides))
-    print(f"run directory: {run.path}")
+    if args.config:
+        data = json.loads(Path(args.config).read_text())
+        cfg = RunConfig.from_dict({**data.get("config", data), **overrides})  # a run directory's config.json nests it
+    else:
+        cfg = RunConfig.from_preset(args.preset, **overrides)
+    run = train(cfg)
+    if os.environ.get("RANK", "0") == "0":  # under torchrun every rank gets here
+        print(f"run directory: {run.path}")
     return 0
 
 
@@ -56,12 +72,43 @@ def _config_fields() -> dict[str, object]:
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
-    from eureka_kit.config import PRESETS, field_docs
+    from eureka_kit.config import PRESETS
 
     p = sub.add_parser("train", help="RL-train one preset (every RunConfig field is a flag)")
     p.add_argument("--preset", default="cpgd", choices=list(PRESETS))
+    p.add_argument("--config", help="JSON file of RunConfig fields (RunConfig.to_json, or a run directory's "
+                                    "config.json) used instead of --preset; flags override its fields")
+    _add_config_flags(p)
+    p.set_defaults(func=_train)
+
+
+def _sft(args: argparse.Namespace) -> int:
+    from eureka_kit.config import RunConfig
+    from eureka_kit.sft import sft
+
+    overrides = {k: v for k, v in vars(args).items() if k in _config_fields() and v is not None}
+    run = sft(RunConfig.from_preset(args.preset, **overrides))
+    print(f"run directory: {run.path}")
+    return 0
+
+
+def _add_sft(sub: argparse._SubParsersAction) -> None:
+    from eureka_kit.config import ALGORITHM_FIELDS, SFT_PRESETS
+
+    p = sub.add_parser("sft", help="supervised fine-tuning on reference completions (RunConfig fields are flags)")
+    p.add_argument("--preset", default="sft", choices=list(SFT_PRESETS))
+    _add_config_flags(p, skip=(*ALGORITHM_FIELDS, "stages"))  # SFT has no RL algorithm slots
+    p.set_defaults(func=_sft)
+
+
+def _add_config_flags(p: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
+    """One flag per RunConfig field (except `skip`), its help the field's docstring."""
+    from eureka_kit.config import field_docs
+
     docs = field_docs()
     for name, default in _config_fields().items():
+        if name in skip:
+            continue
         flag = "--" + name.replace("_", "-")
         if isinstance(default, bool):
             p.add_argument(flag, dest=name, type=lambda s: s.lower() in ("1", "true", "yes"), help=docs.get(name))
@@ -69,7 +116,6 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
             p.add_argument(flag, dest=name, type=type(default), help=docs.get(name))
         else:  # None-default or tuple fields: parse as JSON-ish float/None
             p.add_argument(flag, dest=name, type=_loose, help=docs.get(name))
-    p.set_defaults(func=_train)
 
 
 def _loose(text: str):
@@ -91,40 +137,40 @@ def _add_sweep(sub: argparse._SubParsersAction) -> None:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    import json
     from pathlib import Path
 
     from eureka_kit import evaluate, models
     from eureka_kit.config import RunConfig
 
     target = Path(args.model)
-    run_cfg = None
+    run_cfg, run_path = None, None
     if (target / "config.json").exists() and (target / "checkpoints").exists():  # a run directory
         from eureka_kit.runs import open_run
 
         rd = open_run(target)
-        run_cfg = rd.config()["config"]
+        run_cfg, run_path = rd.config()["config"], rd.path
         target = rd.checkpoints()[-1]
     policy, processor = models.load(str(target) if run_cfg or target.exists() else args.model, seed=args.seed)
     base = dict(run_cfg or {}, seed=args.seed, max_len=args.max_len)
     cfg = RunConfig.from_dict({**RunConfig.from_preset("grpo").to_dict(), **base, "run_dir": None})
     per_problem, summary = evaluate.evaluate(policy, processor, cfg, subjects=tuple(args.subjects.split(",")),
-                                             num_samples=args.samples, progress=True)
+                                             num_samples=args.samples, greedy=True, progress=True)
     print(summary.to_string(index=False))
-    if args.out:
-        Path(args.out).mkdir(parents=True, exist_ok=True)
-        per_problem.to_parquet(Path(args.out) / "eval_per_problem.parquet", index=False)
-        (Path(args.out) / "eval_summary.json").write_text(json.dumps(summary.to_dict("records"), indent=2))
+    name = args.name or (target.name if run_path else "model")  # a run's evaluation is named by its checkpoint
+    for folder in [p for p in (run_path, args.out) if p]:
+        print(f"written: {evaluate.write_to_run_dir(folder, per_problem, summary, name=name)}")
     return 0
 
 
 def _add_eval(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("eval", help="pass@k per subject of 'toy', a model folder or a run directory's last checkpoint")
+    p = sub.add_parser("eval", help="greedy accuracy and pass@k per problem and subject of 'toy', a model folder or a "
+                                    "run directory's last checkpoint (written into the run directory: eval/<name>/)")
     p.add_argument("model", help="'toy', a local model folder, or a run directory")
     p.add_argument("--subjects", default="math,physics,chemistry,biology")
     p.add_argument("--samples", type=int, default=16, help="samples per problem (temperature from the run, else 1)")
     p.add_argument("--max-len", type=int, default=48)
-    p.add_argument("--out", default="", help="folder for eval_per_problem.parquet and eval_summary.json")
+    p.add_argument("--name", default="", help="evaluation name (default: the checkpoint's, e.g. step_000049)")
+    p.add_argument("--out", default="", help="another folder to write eval/<name>/{per_problem.parquet,summary.json} into")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_eval)
 
@@ -154,7 +200,7 @@ def _add_prm(sub: argparse._SubParsersAction) -> None:
     prm_cli.add_cli(sub)
 
 
-SUBCOMMANDS = [_add_selfcheck, _add_report, _add_train, _add_eval, _add_sweep, _add_toy, _add_prm]
+SUBCOMMANDS = [_add_selfcheck, _add_report, _add_train, _add_sft, _add_eval, _add_sweep, _add_toy, _add_prm]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -32,6 +32,9 @@ AGGREGATIONS = (
 ROLLOUT_BACKENDS = ("hf", "vllm")
 PROMPT_TEMPLATES = ("cpgd_7b", "mmeureka_32b", "none")
 LR_SCHEDULES = ("constant", "cosine_with_min_lr", "linear")
+PROCESS_MODES = ("none", "step_advantage", "shaped_reward")
+# = bestofn.AGGREGATIONS (kept here so the config does not import torch; a test checks they agree)
+PRM_AGGREGATIONS = ("min", "last", "product", "average", "max", "sum_logprob", "sum_logit", "mean_odd")
 # Estimators that need a group (K >= 2 responses per prompt) to compute a baseline.
 GROUP_ESTIMATORS = ("grpo", "dr_grpo", "equal", "rloo", "reinforce_pp_baseline")
 
@@ -65,10 +68,19 @@ _NEUTRAL: dict[str, Any] = dict(
     overlong_buffer=0,
     overlong_penalty=1.0,
     mask_truncated=False,
+    process_mode="none",
+    process_weight=0.5,
+    prm_aggregation="min",
 )
 ALGORITHM_FIELDS = tuple(_NEUTRAL)
+# What one stage of a multi-stage run may override (model, optimiser, batch shape and the PRM, loaded once,
+# stay the run's).
+STAGE_FIELDS = (*(f for f in ALGORITHM_FIELDS if f not in ("process_mode", "process_weight", "prm_aggregation")),
+                "num_steps", "train_subject", "data_path")
+SFT_TARGETS = ("cot", "answer")
 
 CPGD_PAPER = "https://arxiv.org/abs/2505.12504"
+MM_EUREKA_PAPER = "https://arxiv.org/abs/2503.07365"
 # The CPGD ladder aggregates as the paper's Eq. 2 (token mean within each prompt's group, then mean over
 # prompts); MM-EUREKA's code uses seq-mean-token-mean (note D2): override `aggregation` to match it.
 _CPGD_LADDER = dict(aggregation="group-token-mean")
@@ -88,6 +100,11 @@ PRESETS: dict[str, dict[str, Any]] = {
     "grpo": dict(paper="https://arxiv.org/abs/2402.03300", **_PPO),
     "grpo_kl": dict(paper="https://arxiv.org/abs/2402.03300", **_PPO, kl_coef=1e-3, kl_estimator="k3"),
     "grpo_dual_clip": dict(paper="https://arxiv.org/abs/1912.09729", **_PPO, dual_clip=3.0),
+    # MM-Eureka-32B's two stages (MME §4.5, §6.3) in one run: GRPO without KL, then with KL 1e-3 (k3) on
+    # another data set (MMK12 then Geo3k; in the toy world the physics wording stands in for Geo3k).
+    "mm_eureka_two_stage": dict(paper=MM_EUREKA_PAPER, **_PPO, num_steps=50, stages=(
+        dict(num_steps=30, kl_coef=0.0),
+        dict(num_steps=20, kl_coef=1e-3, train_subject="physics"))),
     "rloo": dict(paper="https://arxiv.org/abs/2402.14740", advantage_estimator="rloo", whiten_advantages=True, **_PPO),
     "reinforce_pp": dict(paper="https://arxiv.org/abs/2501.03262", advantage_estimator="reinforce_pp", **_PPO),
     "reinforce_pp_baseline": dict(paper="https://arxiv.org/abs/2501.03262",
@@ -101,14 +118,28 @@ PRESETS: dict[str, dict[str, Any]] = {
                   aggregation="token-mean"),
     "gspo": dict(paper="https://arxiv.org/abs/2507.18071", surrogate="gspo", eps_low=3e-4, eps_high=4e-4,
                  aggregation="seq-mean-token-mean"),
+    # CPGD + a PRM's step scores as per-token advantages (PRIME-style step level; MM-PRM names outcome +
+    # process as future work). Needs prm_path at train time (a PRM folder from `eureka-kit prm train`).
+    "cpgd_prm": dict(paper="https://arxiv.org/abs/2502.01456", surrogate="cpg", **_DRIFT, **_CPGD_LADDER,
+                     process_mode="step_advantage", process_weight=0.5),
+}
+
+
+# Supervised fine-tuning recipes for `sft.sft` / `eureka-kit sft` (no algorithm slot is used). The
+# optimiser settings are the toy base policy's warm start (toy.SFTConfig): AdamW (0.9, 0.98), wd 0.01,
+# warm-up then cosine to 10%.
+SFT_PRESETS: dict[str, dict[str, Any]] = {
+    "sft": dict(paper="https://arxiv.org/abs/2501.17161", sft_target="cot", lr=5e-4, lr_schedule="cosine_with_min_lr",
+                warmup_steps=6, num_steps=60, train_batch_size=32, micro_batch_size=32, adam_betas=(0.9, 0.98),
+                weight_decay=0.01),
 }
 
 
 def preset_choices(name: str) -> dict[str, Any]:
     """Every algorithm slot of preset `name` (neutral values + the preset's own), without `paper`."""
-    if name not in PRESETS:
-        raise ConfigError(f"preset: unknown preset {name!r}; allowed: {', '.join(PRESETS)}")
-    choices = {**_NEUTRAL, **PRESETS[name]}
+    if name not in PRESETS and name not in SFT_PRESETS:
+        raise ConfigError(f"preset: unknown preset {name!r}; allowed: {', '.join(PRESETS)}, {', '.join(SFT_PRESETS)}")
+    choices = {**_NEUTRAL, **(PRESETS.get(name) or SFT_PRESETS[name])}
     choices.pop("paper")
     return choices
 
@@ -176,6 +207,16 @@ class RunConfig:
     mask_truncated: bool = False
     """DAPO overlong filtering: truncated responses get zero loss mask"""
 
+    # --- process signal (PRM inside RL, process_adv.py) ----------------------------------------
+    process_mode: str = "none"
+    """none | step_advantage (A = A_out + process_weight * (step P(Yes) - group mean), per token) |
+    shaped_reward (r + process_weight * prm_aggregation(step scores), then the estimator); needs prm_path"""
+    process_weight: float = 0.5
+    """weight w of the process term (0 gives back the outcome-only run)"""
+    prm_aggregation: str = "min"
+    """step scores -> one score for shaped_reward: min | last | product | average | max | sum_logprob |
+    sum_logit | mean_odd (bestofn.AGGREGATIONS)"""
+
     # --- task, model, reward ---------------------------------------------------------------
     model: str = "toy"
     """'toy', 'toy-vl', or a local folder with a transformers model (never a hub id)"""
@@ -183,6 +224,9 @@ class RunConfig:
     """'toyworld' or 'mmk12'"""
     data_path: str | None = None
     """local MMK12 folder (parquet or MM-EUREKA jsonl); required when task='mmk12'"""
+    train_subject: str = "math"
+    """toy world: subject of the training problems (math | physics | chemistry | biology); MMK12 trains on
+    every subject of data_path"""
     multimodal: bool = False
     """use the image variant of the toy world (needs model='toy-vl' or a VLM)"""
     prompt_template: str = "none"
@@ -196,6 +240,8 @@ class RunConfig:
     """seconds allowed per reward call; a timeout scores 0"""
     trust_remote_code: bool = False
     """passed to transformers loaders; off unless you trust the model folder"""
+    prm_path: str | None = None
+    """local folder of a process reward model (`eureka-kit prm train`); required when process_mode != none"""
 
     # --- rollout ---------------------------------------------------------------------------
     rollout_backend: str = "hf"
@@ -243,6 +289,15 @@ class RunConfig:
     logprob_chunk_size: int = 1024
     """rows per chunk in chunked log-probs (memory vs speed)"""
 
+    # --- stages and supervised fine-tuning ------------------------------------------------
+    stages: tuple[dict[str, Any], ...] = ()
+    """training stages run in order in one run directory, each a dict of overrides with its own num_steps
+    (their sum = num_steps), e.g. ({"num_steps": 30}, {"num_steps": 20, "kl_coef": 1e-3, "train_subject":
+    "physics"}); a stage may change the algorithm slots and the data (STAGE_FIELDS); () = one stage"""
+    sft_target: str = "cot"
+    """SFT target (sft.py): cot (the worked solution <think>steps</think><answer>n</answer>) | answer (the
+    answer alone, <think>answer</think><answer>n</answer>, same format reward)"""
+
     # --- bookkeeping -----------------------------------------------------------------------
     seed: int = 0
     """seed of data order, sampling and init"""
@@ -261,6 +316,8 @@ class RunConfig:
     def __post_init__(self) -> None:
         if isinstance(self.adam_betas, list):
             self.adam_betas = tuple(self.adam_betas)
+        if isinstance(self.stages, list):  # from JSON
+            self.stages = tuple(self.stages)
         self.validate()
 
     @classmethod
@@ -270,6 +327,25 @@ class RunConfig:
         if unknown:
             raise ConfigError(f"unknown RunConfig field(s) {unknown}; allowed: {', '.join(field_names())}")
         return cls(**{**preset_choices(preset), "preset": preset, **overrides})
+
+    def stage_starts(self) -> list[int]:
+        """First step of each stage ([0] without stages)."""
+        starts = [0]
+        for stage in self.stages[:-1]:
+            starts.append(starts[-1] + stage["num_steps"])
+        return starts
+
+    def stage_at(self, step: int) -> int:
+        """Index of the stage that `step` belongs to."""
+        return sum(start <= step for start in self.stage_starts()) - 1
+
+    def stage_config(self, index: int) -> RunConfig:
+        """The config stage `index` trains with: this one plus the stage's overrides (num_steps stays the
+        run's total, so step numbering and the learning-rate schedule run on across stages)."""
+        if not self.stages:
+            return self
+        overrides = {k: v for k, v in self.stages[index].items() if k != "num_steps"}
+        return dataclasses.replace(self, stages=(), **overrides)
 
     def algorithm(self) -> dict[str, Any]:
         """The algorithm slots of this config (what `losses.policy_loss` takes as overrides)."""
@@ -290,7 +366,8 @@ class RunConfig:
 
     def validate(self) -> None:
         """Raise ConfigError naming the field and its allowed values."""
-        _choice("preset", self.preset, tuple(PRESETS))
+        _choice("preset", self.preset, (*PRESETS, *SFT_PRESETS))
+        _choice("sft_target", self.sft_target, SFT_TARGETS)
         _choice("advantage_estimator", self.advantage_estimator, ESTIMATORS)
         _choice("adv_weight", self.adv_weight, ADV_WEIGHTS)
         _choice("surrogate", self.surrogate, SURROGATES)
@@ -300,6 +377,8 @@ class RunConfig:
         _choice("prompt_template", self.prompt_template, PROMPT_TEMPLATES)
         _choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
         _choice("task", self.task, ("toyworld", "mmk12"))
+        _choice("process_mode", self.process_mode, PROCESS_MODES)
+        _choice("prm_aggregation", self.prm_aggregation, PRM_AGGREGATIONS)
         for name in ("eps_low", "eps_high", "std_eps", "adv_weight_cap", "cispo_cap", "drift_clip",
                      "temperature", "lr", "reward_timeout"):
             if not getattr(self, name) > 0:
@@ -309,7 +388,7 @@ class RunConfig:
         if self.dual_clip is not None and not self.dual_clip > 1 + self.eps_high:
             raise ConfigError(f"dual_clip: must be None or > 1 + eps_high = {1 + self.eps_high}, "
                               f"got {self.dual_clip!r}")
-        for name in ("drift_coef", "kl_coef", "weight_decay", "overlong_penalty"):
+        for name in ("drift_coef", "kl_coef", "weight_decay", "overlong_penalty", "process_weight"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name}: must be >= 0, got {getattr(self, name)!r}")
         if not 0 <= self.filter_lower <= self.filter_upper <= 1:
@@ -335,6 +414,28 @@ class RunConfig:
             raise ConfigError(f"overlong_buffer: must be in [0, max_len={self.max_len}), got {self.overlong_buffer!r}")
         if self.task == "mmk12" and not self.data_path:
             raise ConfigError("data_path: required when task='mmk12' (a local folder; nothing is downloaded)")
+        self._validate_stages()
+
+    def _validate_stages(self) -> None:
+        for i, stage in enumerate(self.stages):
+            if not isinstance(stage, dict):
+                raise ConfigError(f"stages[{i}]: must be a dict of RunConfig overrides, got {stage!r}")
+            fixed = sorted(set(stage) - set(STAGE_FIELDS))
+            if fixed:
+                raise ConfigError(f"stages[{i}]: {fixed} cannot change between stages; a stage may set "
+                                  f"{', '.join(STAGE_FIELDS)}")
+            steps = stage.get("num_steps")
+            if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+                raise ConfigError(f"stages[{i}]: needs its own num_steps (a positive integer), got {steps!r}")
+            try:
+                self.stage_config(i)
+            except ConfigError as err:
+                raise ConfigError(f"stages[{i}]: {err}") from None
+        total = sum(stage["num_steps"] for stage in self.stages)
+        if self.stages and total != self.num_steps:
+            raise ConfigError(f"num_steps: must equal the sum of the stages' num_steps "
+                              f"({' + '.join(str(s['num_steps']) for s in self.stages)} = {total}), got "
+                              f"{self.num_steps}; set both")
 
 
 def field_names() -> tuple[str, ...]:
@@ -360,5 +461,5 @@ def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
         raise ConfigError(f"{name}: unknown value {value!r}; allowed: {', '.join(allowed)}")
 
 
-__all__ = ["RunConfig", "PRESETS", "ConfigError", "preset_choices", "field_names", "field_docs",
-           "ALGORITHM_FIELDS", "ESTIMATORS", "SURROGATES", "AGGREGATIONS", "KL_ESTIMATORS"]
+__all__ = ["RunConfig", "PRESETS", "SFT_PRESETS", "ConfigError", "preset_choices", "field_names", "field_docs",
+           "ALGORITHM_FIELDS", "STAGE_FIELDS", "ESTIMATORS", "SURROGATES", "AGGREGATIONS", "KL_ESTIMATORS"]

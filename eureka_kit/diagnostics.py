@@ -9,9 +9,15 @@ MM-EUREKA's logged clip fraction, which hard-codes 0.2 in ratio space: note D10)
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 from torch import Tensor
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 RATIO_QUANTILES = (0.001, 0.01, 0.5, 0.99, 0.999)
 TAIL_LOG_RATIO = math.log(2.0)  # a token is in the ratio tail when r > 2 or r < 1/2
@@ -84,45 +90,131 @@ SENTINEL_DEFAULTS = dict(
     format_gap=0.3,          # format rate gained minus accuracy gained over `window` steps: hacking the format
     window=10,
 )
+COMPLETION_CHARS = 300  # a warning quotes at most this much of each offending completion
 
 
 def collapse_warnings(history: list[dict[str, float]], **thresholds: float) -> list[dict[str, object]]:
-    """Warnings (step, kind, message, value) for the collapse precursors seen in a run's metric history.
+    """Warnings (step, since_step, kind, message, value) for the collapse precursors seen in a run's metric history.
 
     Kinds: ratio_tail (policy/ratio_max above `ratio_max`), entropy_slope (least-squares slope of
     policy/entropy over the last `window` steps below `entropy_slope`), length_collapse
     (rollout/len_mean below `length_drop` x the median of the first `window` steps: PG/PGD's
     `<think>`-only collapse), format_divergence (over the last `window` steps the format rate rose while accuracy
     did not: (format_frac gain) - (accuracy gain) above `format_gap`; a model that was always well formatted
-    never triggers it).
+    never triggers it), nonfinite_steps (optim/skipped_steps > 0: optimizer steps dropped for a NaN/Inf loss or
+    gradient). `since_step` is the first step of the evidence (the window start for the windowed kinds).
     Missing metrics are skipped, so this works on any subset of the documented keys.
     """
     t = {**SENTINEL_DEFAULTS, **thresholds}
+    early_length = _early_length(history, int(t["window"]))
+    return [w for i in range(len(history)) for w in _warnings_at(history, i, early_length, t)]
+
+
+def step_warnings(history: list[dict[str, float]], rollouts_of: Callable[[int], pd.DataFrame], *, top_k: int = 3,
+                  **thresholds: float) -> list[dict[str, object]]:
+    """The warnings that fire at the last step of `history`, each with `samples`: the `top_k` rows of that step's
+    rollouts (`rollouts_of(step)`, e.g. `RunDir.rollouts`; read only when a warning fires) that show it best.
+
+    Called by `train` after every step, so `warnings.jsonl` grows as the run goes; equal to filtering
+    `collapse_warnings(history)` to the last step, plus the samples.
+    """
+    if not history:
+        return []
+    t = {**SENTINEL_DEFAULTS, **thresholds}
+    fired = _warnings_at(history, len(history) - 1, _early_length(history, int(t["window"])), t)
+    if fired:
+        rows = rollouts_of(int(fired[0]["step"])).to_dict("records")
+        for w in fired:
+            w["samples"] = offending_samples(str(w["kind"]), rows, top_k)
+    return fired
+
+
+def offending_samples(kind: str, rows: list[dict], top_k: int = 3) -> list[dict[str, object]]:
+    """The `top_k` responses of one step (rollouts parquet rows) that show a warning of `kind` best.
+
+    ratio_tail: the largest |log ratio| (new_logp - old_logp over loss tokens, as saved: the last update epoch);
+    entropy_slope: the lowest mean token entropy; length_collapse: the shortest responses; format_divergence:
+    well formatted but wrong (format > 0, accuracy 0), in sample order; nonfinite_steps: responses holding a
+    NaN/Inf log-prob, advantage or reward first, then the largest |log ratio|.
+    Each sample: its row (`sample`), reward, accuracy, format, length, max_log_ratio (signed, the token with the
+    largest |log ratio|) and that `token`, entropy_mean, and the completion (first COMPLETION_CHARS characters).
+    """
+    summaries = [(_sample_summary(position, row), _all_finite(row)) for position, row in enumerate(rows)]
+    rank = {
+        "ratio_tail": lambda s, finite: -abs(s["max_log_ratio"]),
+        "entropy_slope": lambda s, finite: math.inf if math.isnan(s["entropy_mean"]) else s["entropy_mean"],
+        "length_collapse": lambda s, finite: s["length"],
+        "format_divergence": lambda s, finite: s["sample"],
+        "nonfinite_steps": lambda s, finite: (finite, -abs(s["max_log_ratio"])),
+    }[kind]
+    if kind == "format_divergence":
+        summaries = [(s, finite) for s, finite in summaries if s["format"] > 0 and s["accuracy"] <= 0]
+    return [s for s, _ in sorted(summaries, key=lambda pair: rank(*pair))][:top_k]
+
+
+def _sample_summary(position: int, row: dict) -> dict[str, object]:
+    keep = np.asarray(row.get("loss_mask", []), dtype=float) > 0
+    new, old = np.asarray(row.get("new_logp", []), dtype=float), np.asarray(row.get("old_logp", []), dtype=float)
+    delta = (new - old)[keep] if len(new) == len(old) == len(keep) else np.zeros(0)
+    at = None if np.isnan(delta).all() else int(np.nanargmax(np.abs(delta)))  # all() of nothing is True
+    tokens = list(row.get("tokens", []))
+    entropy = np.asarray(row.get("entropy", []), dtype=float)
+    return {
+        "sample": int(row.get("sample", position)),
+        "reward": float(row.get("reward", math.nan)),
+        "accuracy": float(row.get("accuracy", math.nan)),
+        "format": float(row.get("format", math.nan)),
+        "length": len(row.get("token_ids", [])),
+        "max_log_ratio": 0.0 if at is None else float(delta[at]),
+        "token": str(np.asarray(tokens, dtype=object)[keep][at]) if at is not None and len(tokens) == len(keep) else "",
+        "entropy_mean": float(entropy[keep].mean()) if len(entropy) == len(keep) and keep.any() else math.nan,
+        "completion": str(row.get("completion", ""))[:COMPLETION_CHARS],
+    }
+
+
+def _all_finite(row: dict) -> bool:
+    values = [row.get(k, []) for k in ("new_logp", "old_logp")] + [[row.get("advantage", 0.0), row.get("reward", 0.0)]]
+    return bool(np.isfinite(np.concatenate([np.asarray(v, dtype=float) for v in values])).all())
+
+
+def _early_length(history: list[dict[str, float]], window: int) -> float | None:
+    """Median of the first `window` logged mean response lengths (None before any; NaN = not logged, as in a
+    history read back from metrics.jsonl by pandas)."""
+    lengths = [h["rollout/len_mean"] for h in history if not math.isnan(h.get("rollout/len_mean", math.nan))][:window]
+    return sorted(lengths)[len(lengths) // 2] if lengths else None
+
+
+def _warnings_at(history: list[dict[str, float]], i: int, early_length: float | None,
+                 t: dict[str, float]) -> list[dict[str, object]]:
+    """The warnings that fire at history[i] (see `collapse_warnings`)."""
     window = int(t["window"])
+    h = history[i]
+    step = int(h.get("step", i))
+    window_start = int(history[max(0, i - window + 1)].get("step", max(0, i - window + 1)))
     warnings: list[dict[str, object]] = []
 
-    def warn(step: int, kind: str, value: float, message: str) -> None:
-        warnings.append({"step": step, "kind": kind, "value": value, "message": message})
+    def warn(kind: str, value: float, message: str, since_step: int = step) -> None:
+        warnings.append({"step": step, "since_step": since_step, "kind": kind, "value": value, "message": message})
 
-    lengths = [h["rollout/len_mean"] for h in history if "rollout/len_mean" in h]
-    early_length = sorted(lengths[:window])[len(lengths[:window]) // 2] if lengths else None
-    for i, h in enumerate(history):
-        step = int(h.get("step", i))
-        if h.get("policy/ratio_max", 0.0) > t["ratio_max"]:
-            warn(step, "ratio_tail", h["policy/ratio_max"], f"max token ratio {h['policy/ratio_max']:.3g} > {t['ratio_max']}")
-        if early_length and i >= window and h.get("rollout/len_mean", early_length) < t["length_drop"] * early_length:
-            warn(step, "length_collapse", h["rollout/len_mean"],
-                 f"mean response length {h['rollout/len_mean']:.1f} < {t['length_drop']} x early median {early_length:.1f}")
-        past = history[i - window + 1] if i + 1 >= window else None
-        if past is not None and all(k in h and k in past for k in ("reward/format_frac", "reward/accuracy")):
-            gap = (h["reward/format_frac"] - past["reward/format_frac"]) - (h["reward/accuracy"] - past["reward/accuracy"])
-            if gap > t["format_gap"]:
-                warn(step, "format_divergence", gap, f"format rate gained {gap:.2f} more than accuracy over {window} steps")
-        entropies = [x.get("policy/entropy") for x in history[max(0, i - window + 1): i + 1]]
-        if i + 1 >= window and all(e is not None for e in entropies):
-            slope = _slope(entropies)
-            if slope < t["entropy_slope"]:
-                warn(step, "entropy_slope", slope, f"entropy falling at {slope:.3g}/step over {window} steps")
+    if h.get("policy/ratio_max", 0.0) > t["ratio_max"]:
+        warn("ratio_tail", h["policy/ratio_max"], f"max token ratio {h['policy/ratio_max']:.3g} > {t['ratio_max']}")
+    if early_length and i >= window and h.get("rollout/len_mean", early_length) < t["length_drop"] * early_length:
+        warn("length_collapse", h["rollout/len_mean"],
+             f"mean response length {h['rollout/len_mean']:.1f} < {t['length_drop']} x early median {early_length:.1f}")
+    past = history[i - window + 1] if i + 1 >= window else None
+    if past is not None and all(k in h and k in past for k in ("reward/format_frac", "reward/accuracy")):
+        gap = (h["reward/format_frac"] - past["reward/format_frac"]) - (h["reward/accuracy"] - past["reward/accuracy"])
+        if gap > t["format_gap"]:
+            warn("format_divergence", gap, f"format rate gained {gap:.2f} more than accuracy over {window} steps",
+                 window_start)
+    entropies = [x.get("policy/entropy") for x in history[max(0, i - window + 1): i + 1]]
+    if i + 1 >= window and all(e is not None for e in entropies):
+        slope = _slope(entropies)
+        if slope < t["entropy_slope"]:
+            warn("entropy_slope", slope, f"entropy falling at {slope:.3g}/step over {window} steps", window_start)
+    if h.get("optim/skipped_steps", 0.0) > 0:
+        warn("nonfinite_steps", h["optim/skipped_steps"],
+             f"{h['optim/skipped_steps']:.0f} optimizer step(s) skipped for a NaN/Inf loss or gradient")
     return warnings
 
 

@@ -119,6 +119,13 @@ def optional_dir(name: str, value: Any) -> str | None:
     return value
 
 
+def output_dir(name: str, value: Any) -> str:
+    """A non-empty path string: the folder that runs are written under (created when missing)."""
+    if not isinstance(value, str) or not value.strip():
+        _fail(name, "must be a non-empty folder path (created if missing)", value)
+    return value
+
+
 def validate(params: dict[str, Any], **rules: Rule) -> dict[str, Any]:
     """Apply `rules[name]` to `params[name]`; return the normalised parameters (unruled ones unchanged).
 

@@ -324,3 +324,40 @@ def naive_token_logprobs(logits: Tensor, ids: Tensor, temperature: float = 1.0) 
     """
     x = logits.to(_compute_dtype(logits.dtype)) / temperature
     return torch.log_softmax(x, dim=-1).gather(-1, ids.unsqueeze(-1)).squeeze(-1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Sampling.
+
+
+def sampling_logits(logits: Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> Tensor:
+    """The logits a sampler draws the next token from: divided by `temperature`, then top-k and top-p
+    (nucleus) filtered to -inf.
+
+    Same order, tie rules and at-least-one-token guarantee as transformers' Temperature, TopK and TopP
+    warpers, so `softmax` of the result is `generate(do_sample=True)`'s next-token distribution and its
+    `log_softmax` at the drawn token is the rollout log-prob.
+
+    Args:
+        logits: (B, V) float next-token logits.
+        temperature: > 0; 1 leaves the logits unchanged.
+        top_k: keep the k largest logits (ties with the k-th are kept); 0 keeps all.
+        top_p: keep the smallest set of largest-probability tokens whose mass reaches top_p; 1 keeps all.
+
+    Returns:
+        (B, V) tensor in `logits`' dtype, filtered entries -inf.
+
+    Example:
+        sampling_logits(torch.tensor([[2.0, 1.0, 0.0]]), top_k=2)  # -> [[2., 1., -inf]]
+    """
+    x = logits / temperature if temperature != 1.0 else logits
+    if top_k:
+        kth = torch.topk(x, min(top_k, x.shape[-1])).values[..., -1:]
+        x = x.masked_fill(x < kth, float("-inf"))
+    if top_p < 1.0:
+        # Ascending sort: drop the low tail whose cumulative mass is <= 1 - top_p, never the largest token.
+        sorted_x, order = torch.sort(x, dim=-1)
+        drop_sorted = sorted_x.softmax(dim=-1).cumsum(dim=-1) <= 1 - top_p
+        drop_sorted[..., -1] = False
+        x = x.masked_fill(drop_sorted.scatter(-1, order, drop_sorted), float("-inf"))
+    return x

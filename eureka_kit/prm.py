@@ -223,3 +223,10 @@ def score_steps(prm, processor, problem: dict, steps: list[str], *, sep: str = "
     scores = score_processes(prm, processor, [(problem["question"], process_for_scoring(steps, sep))])[0]
     assert len(scores) == len(steps), "a step contains the marker text"
     return scores
+
+
+def calibration(prm, processor, examples: list[dict]) -> list[dict]:
+    """Predicted P(Yes) next to the MC label at every marker of `examples`: [{"id", "position", "label", "p_yes"}]."""
+    scores = score_processes(prm, processor, [(ex["question"], ex["process"]) for ex in examples])
+    return [dict(id=ex.get("id"), position=k, label=y, p_yes=p)
+            for ex, s in zip(examples, scores, strict=True) for k, (y, p) in enumerate(zip(ex["labels"], s, strict=True))]

@@ -367,3 +367,31 @@ def tree_stats(trees: list[dict]) -> dict[str, float]:
     return dict(problems=len(trees), usable=len(usable), nodes=sum(nodes(t) - 1 for t in trees),
                 rollouts=sum(t["search"]["total_rollouts"] for t in trees),
                 searches=sum(t["search"]["search_count"] for t in trees))
+
+
+def tree_nodes(trees: list[dict]) -> list[dict]:
+    """One row per non-root node, for label statistics.
+
+    Row: id, level, start (steps before the node), num_steps, mc_value, judged, first_error (MC = 0 under a
+    parent with MC > 0: the first wrong step lies in steps start..start+num_steps-1), leaf.
+    """
+    rows = []
+
+    def walk(node: dict, tree: dict, start: int, parent_mc: float) -> None:
+        for child in node["children"]:
+            n = len(child["partial_solution"])
+            rows.append(dict(id=tree["id"], level=tree.get("level"), start=start, num_steps=n,
+                             mc_value=child["mc_value"], judged=child.get("judged", False),
+                             first_error=child["mc_value"] == 0.0 and parent_mc > 0.0, leaf=not child["children"]))
+            walk(child, tree, start + n, child["mc_value"])
+
+    for tree in trees:
+        if tree["mc_value"] is not None:
+            walk(tree, tree, 0, tree["mc_value"])
+    return rows
+
+
+def split_by_problem(examples: list[dict], holdout: float = 0.2, *, seed: int = 0) -> tuple[list[dict], list[dict]]:
+    """(train, held-out) examples; a problem's examples all go to one side (a stable hash of (seed, id))."""
+    held = lambda ex: problem_seed(seed, str(ex["id"])) % 1000 < holdout * 1000  # noqa: E731
+    return [ex for ex in examples if not held(ex)], [ex for ex in examples if held(ex)]

@@ -14,15 +14,24 @@ losses.py (CPGD's clipped log-ratio included) already consume: clipping and drif
 Shaped reward (outcome + process at the sequence level): r'[i] = r[i] + w * agg(p[i]) with a bestofn
 aggregation (default min, the best BoN aggregation in MM-PRM's K12 table after average), then any group
 advantage; empty step lists aggregate to 0.
+
+`ProcessSignal` is what `train()` holds: the PRM, loaded once, and `apply(ro, scored, adv, mask)`, which
+scores every rollout's steps after the rewards and returns the advantages the loss consumes.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import torch
 from torch import Tensor
 
+from eureka_kit import advantages
 from eureka_kit.bestofn import aggregate
-from eureka_kit.steps import STEP_RE
+from eureka_kit.config import ConfigError, RunConfig
+from eureka_kit.prm import process_for_scoring, score_processes
+from eureka_kit.steps import STEP_RE, parse_steps
 
 
 def step_advantages(outcome_adv: Tensor, step_scores: Tensor, step_mask: Tensor, token_step: Tensor, mask: Tensor,
@@ -79,9 +88,11 @@ def token_step_index(tok, completion_ids: Tensor, mask: Tensor) -> tuple[Tensor,
         text = "".join(pieces)
         spans = []
         for m in STEP_RE.finditer(text):
-            spans.append(m.span())
             if m.group(2) is not None:
+                spans.append(m.span())
                 break
+            if m.group(1).strip():  # parse_steps drops empty steps: keep the indices aligned with its list
+                spans.append(m.span())
         counts.append(len(spans))
         pos, k = 0, 0
         for t, piece in enumerate(pieces):
@@ -91,3 +102,84 @@ def token_step_index(tok, completion_ids: Tensor, mask: Tensor) -> tuple[Tensor,
             if k < len(spans) and spans[k][0] < pos:  # the token overlaps step k
                 out[b, t] = k
     return out, counts
+
+
+def outcome_advantages(rewards: Tensor, lengths: Tensor, cfg: RunConfig) -> Tensor:
+    """(B,) advantages of (B,) rewards with the config's estimator and CPGD weight, as `train()` computes them."""
+    adv = advantages.compute(rewards, cfg.group_size, cfg.advantage_estimator, std_eps=cfg.std_eps,
+                             lengths=lengths, whiten=cfg.whiten_advantages)
+    if cfg.adv_weight == "clip_filter_like":
+        adv = adv * advantages.clip_filter_like_weights(rewards, cfg.group_size, cfg.adv_weight_cap)
+    return adv
+
+
+def pad_scores(step_scores: list[list[float]]) -> tuple[Tensor, Tensor]:
+    """Ragged step scores -> ((B, S) float, zero-padded; (B, S) bool step mask), S >= 1."""
+    S = max([len(s) for s in step_scores] + [1])
+    scores = torch.zeros(len(step_scores), S)
+    step_mask = torch.zeros(len(step_scores), S, dtype=torch.bool)
+    for b, s in enumerate(step_scores):
+        scores[b, :len(s)], step_mask[b, :len(s)] = torch.tensor(s, dtype=torch.float32), True
+    return scores, step_mask
+
+
+@dataclass
+class ProcessSignal:
+    """The PRM of a run (loaded once) and the config's process knobs."""
+
+    prm: Any
+    prm_processor: Any
+    cfg: RunConfig
+
+    @classmethod
+    def from_config(cls, cfg: RunConfig, device: torch.device) -> ProcessSignal | None:
+        """None when `process_mode` is "none"; otherwise the PRM at `prm_path` on `device`, frozen."""
+        if cfg.process_mode == "none":
+            return None
+        if not cfg.prm_path:
+            raise ConfigError(f"prm_path: process_mode={cfg.process_mode!r} needs prm_path, a local PRM folder "
+                              "(`eureka-kit prm train`); set prm_path or process_mode='none'")
+        from eureka_kit.models import load
+
+        prm, proc = load(cfg.prm_path, trust_remote_code=cfg.trust_remote_code)
+        return cls(prm.to(device).eval().requires_grad_(False), proc, cfg)
+
+    def score(self, ro) -> list[list[float]]:
+        """P(Yes) per step of every response (answer = last step; [] when nothing parses)."""
+        parsed = [parse_steps(t).rollout for t in ro.texts]
+        questions = [ro.problems[i]["question"] for i in ro.problem_index.tolist()]
+        items = [(q, process_for_scoring(list(r))) for q, r in zip(questions, parsed, strict=True) if r]
+        scored = iter(score_processes(self.prm, self.prm_processor, items))
+        return [next(scored) if r else [] for r in parsed]
+
+    def apply(self, ro, scored: dict[str, Tensor], adv: Tensor, mask: Tensor, tokenizer
+              ) -> tuple[Tensor, dict[str, float]]:
+        """Outcome + process advantages for one rollout batch.
+
+        Args:
+            ro: the step's Rollouts (B responses, groups contiguous).
+            scored: the step's rewards; "total" (B,) is the outcome reward.
+            adv: (B,) outcome advantages (`train()`'s, estimator and CPGD weight applied).
+            mask: (B, T) loss mask.
+            tokenizer: the policy's tokenizer (token -> step alignment).
+        Returns:
+            ((B, T) step advantages or (B,) advantages of the shaped reward, {"process/*": float}).
+        """
+        cfg = self.cfg
+        step_scores = self.score(ro)
+        flat = [p for s in step_scores for p in s]
+        metrics = {"process/step_score_mean": sum(flat) / len(flat) if flat else float("nan"),
+                   "process/parsed_frac": sum(bool(parse_steps(t).steps) for t in ro.texts) / len(ro.texts)}
+        if cfg.process_mode == "shaped_reward":
+            shaped = shaped_rewards(scored["total"], step_scores, cfg.process_weight, cfg.prm_aggregation)
+            metrics["process/shaped_reward_mean"] = shaped.mean().item()
+            return outcome_advantages(shaped, ro.lengths.float(), cfg), metrics
+        token_step, counts = token_step_index(tokenizer, ro.completion_ids, ro.completion_mask)
+        # A step the tokens do not show (a rare decode mismatch) is dropped rather than misaligned.
+        step_scores = [s[:c] for s, c in zip(step_scores, counts, strict=True)]
+        scores, step_mask = pad_scores(step_scores)
+        token_step = torch.where(token_step < scores.shape[1], token_step, -1)
+        G = cfg.group_size if len(ro.texts) % cfg.group_size == 0 else 1
+        adv, stats = step_advantages(adv, scores, step_mask, token_step, mask, G, cfg.process_weight)
+        metrics.update({k: float(v) for k, v in stats.items()})
+        return adv, metrics

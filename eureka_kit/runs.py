@@ -2,6 +2,8 @@
 
     <run>/config.json             resolved RunConfig + versions + git commit + seed
     <run>/metrics.jsonl           one JSON line per RL step
+    <run>/warnings.jsonl          one JSON line per collapse-sentinel warning (diagnostics.step_warnings): step,
+                                  kind, value, message, and the offending samples (rows of that step's rollouts)
     <run>/rollouts/step_XXXXXX.parquet   one row per response, per-token arrays as list columns
     <run>/problems.parquet        per-problem attempts and successes per step (long format)
     <run>/checkpoints/step_XXXXXX/ model.safetensors (+ config), optimizer.pt, state.json; written to a
@@ -76,6 +78,11 @@ class RunDir:
         with (self.path / "metrics.jsonl").open("a") as f:
             f.write(json.dumps(metrics, default=float) + "\n")
 
+    def log_warnings(self, warnings: list[dict[str, Any]]) -> None:
+        if warnings:
+            with (self.path / "warnings.jsonl").open("a") as f:
+                f.writelines(json.dumps(w, default=float) + "\n" for w in warnings)
+
     def write_rollouts(self, step: int, rows: list[dict[str, Any]]) -> Path:
         path = self.path / "rollouts" / f"step_{step:06d}.parquet"
         tmp = path.with_suffix(".tmp")
@@ -128,11 +135,11 @@ class RunDir:
         return final
 
     def truncate_after(self, step: int) -> None:
-        """Forget everything logged after `step` (resume from its checkpoint): metrics, rollouts, problems."""
-        metrics = self.path / "metrics.jsonl"
-        if metrics.exists():
-            kept = [line for line in metrics.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
-            _atomic_write_text(metrics, "".join(line + "\n" for line in kept))
+        """Forget everything logged after `step` (resume from its checkpoint): metrics, warnings, rollouts, problems."""
+        for log in (self.path / "metrics.jsonl", self.path / "warnings.jsonl"):
+            if log.exists():
+                kept = [line for line in log.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+                _atomic_write_text(log, "".join(line + "\n" for line in kept))
         for later in (s for s in self.rollout_steps() if s > step):
             (self.path / "rollouts" / f"step_{later:06d}.parquet").unlink()
         problems = self.problems()
@@ -150,6 +157,13 @@ class RunDir:
         path = self.path / "metrics.jsonl"
         if not path.exists():
             return pd.DataFrame()
+        return pd.DataFrame([json.loads(line) for line in path.read_text().splitlines() if line.strip()])
+
+    def warnings(self) -> pd.DataFrame:
+        """One row per sentinel warning: step, since_step, kind, value, message, samples (a list of dicts)."""
+        path = self.path / "warnings.jsonl"
+        if not path.exists():
+            return pd.DataFrame(columns=["step", "since_step", "kind", "value", "message", "samples"])
         return pd.DataFrame([json.loads(line) for line in path.read_text().splitlines() if line.strip()])
 
     def rollout_steps(self) -> list[int]:
@@ -174,5 +188,6 @@ def open_run(path: str | os.PathLike) -> RunDir:
 
 
 def open(path: str | os.PathLike) -> RunDir:  # noqa: A001 - `eureka_kit.runs.open(path)` reads naturally
-    """The run directory at `path` for analysts: `.metrics()`, `.rollouts(step)`, `.problems()` are DataFrames."""
+    """The run directory at `path` for analysts: `.metrics()`, `.warnings()`, `.rollouts(step)`, `.problems()` are
+    DataFrames."""
     return open_run(path)

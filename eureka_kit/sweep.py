@@ -4,7 +4,8 @@
 
 Each grid point gets `reports/<notebook>/<run-key>/` with `executed.ipynb` (always kept, also when it
 failed: papermill leaves the traceback in the failing cell), `report.html` (code hidden, plotly figures as
-<div>s loading one shared `reports/plotly.min.js`, so pages open offline) and `status.json`.
+<div>s loading one shared `reports/plotly.min.js`, nothing from the network: `report.write_report`) and
+`status.json`.
 
 A point counts as finished only if papermill raised nothing, the executed notebook carries no error
 output and no `metadata.papermill.exception`, and report.html exists (docs/NOTEBOOKS.md §1.5: a dead kernel
@@ -19,7 +20,6 @@ The Ray executor submits one `ray.remote(num_cpus=1, num_gpus=G)` task per point
 
 from __future__ import annotations
 
-import html
 import itertools
 import json
 import os
@@ -179,6 +179,8 @@ def execute_point(notebook: str, params: dict[str, Any], run_dir: str, *, kernel
         problems += [p for p in notebook_errors(executed) if p not in problems]
         if not error and not problems:
             try:
+                from eureka_kit.report import write_report
+
                 write_report(executed, run_dir_p / REPORT, plotly_js=os.path.relpath(
                     Path(run_dir_p).parents[1] / "plotly.min.js", run_dir_p))
                 status["findings"] = findings_text(executed)
@@ -191,32 +193,7 @@ def execute_point(notebook: str, params: dict[str, Any], run_dir: str, *, kernel
 
 
 # ---------------------------------------------------------------------------------------------
-# HTML: one report per executed notebook, and the index.
-
-
-def write_report(executed: Path, out: Path, *, plotly_js: str = "plotly.min.js", exclude_input: bool = True) -> Path:
-    """nbconvert HTML with plotly mime bundles turned into <div>s that load `plotly_js` (NOTEBOOKS.md §3.2)."""
-    import nbformat
-    import plotly.io as pio
-    from nbconvert import HTMLExporter
-    from nbconvert.preprocessors import Preprocessor
-
-    class PlotlyToHTML(Preprocessor):
-        def preprocess_cell(self, cell, resources, index):
-            for output in cell.get("outputs", []):
-                data = output.get("data", {})
-                if "application/vnd.plotly.v1+json" in data and "text/html" not in data:
-                    fig = pio.from_json(json.dumps(data["application/vnd.plotly.v1+json"]))
-                    data["text/html"] = pio.to_html(fig, include_plotlyjs=False, full_html=False)
-            return cell, resources
-
-    book = nbformat.read(executed, as_version=4)
-    exporter = HTMLExporter(template_name="lab", exclude_input=exclude_input)
-    exporter.register_preprocessor(PlotlyToHTML(), enabled=True)
-    body, _ = exporter.from_notebook_node(book)
-    body = body.replace("<head>", f'<head>\n<script src="{html.escape(plotly_js)}"></script>', 1)
-    out.write_text(body)
-    return out
+# The runs under a reports folder (report.build_index turns them into reports/index.html).
 
 
 def collect(out: str | Path) -> list[dict[str, Any]]:
@@ -228,42 +205,6 @@ def collect(out: str | Path) -> list[dict[str, Any]]:
         rows.append({**status, "notebook_name": path.parent.parent.name, "key": path.parent.name,
                      "dir": str(path.parent.relative_to(out))})
     return rows
-
-
-def build_index(out: str | Path = "reports") -> Path:
-    """Write `out/index.html`: one table row per notebook run, linking its report (or its failed notebook)."""
-    from eureka_kit.report import html_page, write_plotly_js
-
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_plotly_js(out)
-    rows = collect(out)
-    by_nb: dict[str, list[dict[str, Any]]] = {}
-    for r in rows:
-        by_nb.setdefault(r["notebook_name"], []).append(r)
-    sections = []
-    if not rows:
-        sections.append(("No runs yet", "<p>Run <code>eureka-kit sweep NOTEBOOK --grid ...</code>.</p>"))
-    for name, runs in by_nb.items():
-        ok = sum(r.get("status") == "ok" for r in runs)
-        trs = []
-        for r in runs:
-            state = r.get("status", "?")
-            link = (f'<a href="{html.escape(r["dir"])}/{REPORT}">report</a>' if state == "ok"
-                    else f'<a href="{html.escape(r["dir"])}/{EXECUTED}">executed notebook</a>')
-            params = "<br>".join(f"<code>{html.escape(str(k))}={html.escape(str(v))}</code>"
-                                 for k, v in (r.get("params") or {}).items()) or "defaults"
-            note = html.escape(r.get("findings", "") if state == "ok" else "; ".join(r.get("errors", []))[:400])
-            cls = "" if state == "ok" else ' class="warn"'
-            trs.append(f"<tr><td style='text-align:left'>{params}</td><td{cls}>{html.escape(state)}</td>"
-                       f"<td>{r.get('duration_s', '')}</td><td style='text-align:left;white-space:pre-wrap;max-width:520px'>"
-                       f"{note}</td><td>{link}</td></tr>")
-        table = ("<table><tr><th>parameters</th><th>status</th><th>seconds</th><th>what this shows / error</th>"
-                 "<th>link</th></tr>" + "".join(trs) + "</table>")
-        sections.append((f"{name} — {ok}/{len(runs)} ok", table))
-    page = out / "index.html"
-    page.write_text(html_page("eureka_kit notebook runs", sections))
-    return page
 
 
 # ---------------------------------------------------------------------------------------------
@@ -334,7 +275,7 @@ def sweep(notebook: str | Path, grid: dict[str, list[Any]], *, out: str | Path =
         else:
             jobs.append((str(notebook.resolve()), {**(fixed or {}), **point}, str(run_dir.resolve())))
     out.mkdir(parents=True, exist_ok=True)
-    from eureka_kit.report import write_plotly_js
+    from eureka_kit.report import build_index, write_plotly_js
 
     write_plotly_js(out)
     bar = tqdm(total=len(points), initial=len(points) - len(jobs), desc=f"sweep {notebook.stem}",
@@ -374,6 +315,13 @@ def _cli(args) -> int:
     return 1 if failed else 0
 
 
+def _cli_index(args) -> int:
+    from eureka_kit.report import build_index
+
+    print(build_index(args.out))
+    return 0
+
+
 def add_cli(sub) -> None:
     p = sub.add_parser("sweep", help="execute a notebook over a parameter grid with papermill (local or Ray)")
     p.add_argument("notebook", help="path to the .ipynb")
@@ -391,4 +339,4 @@ def add_cli(sub) -> None:
 
     q = sub.add_parser("index", help="rebuild reports/index.html from the sweeps' status files")
     q.add_argument("--out", default="reports")
-    q.set_defaults(func=lambda a: print(build_index(a.out)) or 0)
+    q.set_defaults(func=_cli_index)

@@ -10,8 +10,12 @@ Departures from MM-EUREKA worth knowing: the online filter keeps whole groups an
 after MAX_ROLLOUTS_PER_STEP rollouts (training on what it has, logged as filter/short_batch) instead
 of looping forever when every group is solved; micro-batch losses are weighted so that gradient
 accumulation equals one aggregate over the optimizer batch (the code's D2 per-micro-batch mean is the
-special case micro_batch_size = 1 with seq-mean-token-mean). Not yet here: vLLM rollouts, DeepSpeed,
-two-stage configs, resume from checkpoint.
+special case micro_batch_size = 1 with seq-mean-token-mean). Under torchrun the loop runs data-parallel
+(`distributed.py`: sharded prompts, gradients summed over ranks, rank 0 writes). Not yet here: DeepSpeed.
+
+Stages (`cfg.stages`, MM-Eureka-32B's recipe): one run, one directory, one step count and lr schedule; at a
+stage's first step the loop switches to that stage's config (`cfg.stage_config`), its problems and its
+reference model, logs `stage`, and checkpoints at every stage boundary.
 """
 
 from __future__ import annotations
@@ -28,10 +32,12 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from eureka_kit import advantages, filters, losses, ops, rewards, rollout
+from eureka_kit import advantages, diagnostics, filters, losses, ops, process_adv, rewards, rollout
 from eureka_kit.config import RunConfig
+from eureka_kit.distributed import SINGLE_PROCESS, World, init_world
 from eureka_kit.models import tokenizer_of
 from eureka_kit.rollout import Rollouts
+from eureka_kit.rollout_vllm import sync_weights as sync_vllm_weights
 from eureka_kit.runs import RunDir
 
 MAX_ROLLOUTS_PER_STEP = 8
@@ -60,7 +66,8 @@ def completion_logprobs(policy, ro: Rollouts, rows: Tensor, cfg: RunConfig, *, w
     """Per-token log-probs (at the sampling temperature) of `ro`'s completions `rows` under `policy`.
 
     Runs the backbone once over prompt + completion and projects only the completion positions, chunked
-    (never a [B, T, V] fp32 tensor). Returns logp [b, T] fp32 (and entropy [b, T] when asked).
+    (never a [B, T, V] fp32 tensor). When the rows are whole groups sharing a prompt, each prompt runs once
+    (`rollout.shared_prompt_hidden`). Returns logp [b, T] fp32 (and entropy [b, T] when asked).
     """
     device = next(policy.parameters()).device
     prompt_ids, prompt_mask = ro.prompt_ids[rows], ro.prompt_mask[rows]
@@ -73,10 +80,15 @@ def completion_logprobs(policy, ro: Rollouts, rows: Tensor, cfg: RunConfig, *, w
     if not hasattr(policy.config, "vision_config"):
         # Left-padded prompts: positions must count real tokens only (VL models derive their own M-RoPE ids).
         kwargs["position_ids"] = (attention.cumsum(dim=1) - 1).clamp(min=0)
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16 and device.type == "cuda"):
-        hidden = policy.model(input_ids=input_ids, attention_mask=attention, use_cache=False, **kwargs).last_hidden_state
     P = prompt_ids.shape[1]
-    hidden = hidden[:, P - 1 : -1]  # position t predicts completion token t
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16 and device.type == "cuda"):
+        if rollout.can_share_prompts(policy, prompt_ids, completion_ids, cfg.group_size, ro.mm_inputs is not None):
+            hidden = rollout.shared_prompt_hidden(policy, input_ids, attention, kwargs["position_ids"], P,
+                                                  cfg.group_size)
+        else:
+            hidden = policy.model(input_ids=input_ids, attention_mask=attention, use_cache=False,
+                                  **kwargs).last_hidden_state
+            hidden = hidden[:, P - 1 : -1]  # position t predicts completion token t
     head = policy.get_output_embeddings()
     weight, bias = head.weight, getattr(head, "bias", None)
     if cfg.bf16 and device.type == "cuda":
@@ -87,6 +99,14 @@ def completion_logprobs(policy, ro: Rollouts, rows: Tensor, cfg: RunConfig, *, w
         hidden, weight, completion_ids.to(device), chunk_size=cfg.logprob_chunk_size,
         bias=bias, temperature=cfg.temperature, return_entropy=with_entropy,
     )
+
+
+def takes_old_logp_from_learner(cfg: RunConfig, B: int) -> bool:
+    """True when a step of B responses is exactly on-policy: one epoch and one optimizer step over the whole
+    batch, so every micro-batch's learner forward runs the weights that sampled the rollouts. Its detached
+    log-probs and entropy are then old_logp and the logged entropy (ratio = 1), and the separate no-grad
+    pass (`batched_logprobs`, ~12% of a CPU step) is skipped -- as TRL does with num_iterations=1."""
+    return cfg.update_epochs == 1 and cfg.train_batch_size >= B
 
 
 @torch.no_grad()
@@ -112,6 +132,10 @@ class ProblemStream:
         if not problems:
             raise ValueError("problems: the training set is empty")
         self.problems, self.rng, self.order, self.cursor, self.epoch = problems, random.Random(seed), [], 0, 0
+
+    def switch(self, problems: list[dict]) -> None:
+        """Draw from `problems` from now on (a new stage's data set), starting with a fresh shuffle."""
+        self.problems, self.order, self.cursor = problems, [], 0
 
     def take(self, n: int) -> list[dict]:
         out = []
@@ -149,12 +173,16 @@ def _score(ro: Rollouts, cfg: RunConfig) -> dict[str, Tensor]:
     return scored
 
 
-def collect_batch(policy, processor, stream: ProblemStream, cfg: RunConfig, gen: torch.Generator):
-    """Roll out until `rollout_batch_size` prompts pass the active filter (whole groups, first come)."""
-    target = cfg.rollout_batch_size * cfg.group_size
+def collect_batch(policy, processor, stream: ProblemStream, cfg: RunConfig, gen: torch.Generator,
+                  world: World = SINGLE_PROCESS):
+    """Roll out until `rollout_batch_size` prompts pass the active filter (whole groups, first come).
+
+    Under several processes each rank fills its share from its slice of the shared stream; a full rank keeps
+    rolling out (and discarding) while another refills, so the streams and collectives stay in step."""
+    target = cfg.rollout_batch_size * cfg.group_size // world.size
     parts, scores, kept, num_rollouts, num_seen = [], [], 0, 0, 0
-    while kept < target and num_rollouts < MAX_ROLLOUTS_PER_STEP:
-        ro = rollout.generate(policy, processor, stream.take(cfg.rollout_batch_size), cfg, gen)
+    while world.any(kept < target) and num_rollouts < MAX_ROLLOUTS_PER_STEP:
+        ro = rollout.generate(policy, processor, world.shard(stream.take(cfg.rollout_batch_size)), cfg, gen)
         sc = _score(ro, cfg)
         num_rollouts, num_seen = num_rollouts + 1, num_seen + len(ro.texts)
         if cfg.online_filter:
@@ -170,9 +198,13 @@ def collect_batch(policy, processor, stream: ProblemStream, cfg: RunConfig, gen:
             kept += len(index)
     stats = {"filter/rollouts": num_rollouts, "filter/kept_frac": kept / max(num_seen, 1),
              "filter/short_batch": float(kept < target)}
-    if not parts:
+    common = world.min(kept)  # ranks step in lockstep, so each trains on the shortest rank's number of responses
+    if not common:
         return None, None, stats
-    return Rollouts.concat(parts), {k: torch.cat([s[k] for s in scores]) for k in scores[0]}, stats
+    ro, scored = Rollouts.concat(parts), {k: torch.cat([s[k] for s in scores]) for k in scores[0]}
+    if common < kept:
+        ro, scored = ro.select(torch.arange(common)), {k: v[:common] for k, v in scored.items()}
+    return ro, scored, stats
 
 
 # ---------------------------------------------------------------------------------------------
@@ -224,21 +256,23 @@ def train(cfg: RunConfig, *, policy=None, processor=None, problems: list[dict] |
     """Run RL for `cfg.num_steps` steps and return the `Run` (its directory holds everything)."""
     from eureka_kit import models
 
-    gen = seed_everything(cfg.seed)
+    world, device = init_world(cfg)  # one process unless launched by torchrun/deepspeed
+    gen = seed_everything(cfg.seed + world.rank)  # each rank samples its own responses; the stream uses cfg.seed
     if policy is None:
         policy, processor = models.load(cfg.model, trust_remote_code=cfg.trust_remote_code, seed=cfg.seed)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     policy.to(device).train()
+    world.broadcast_parameters(policy)
     if cfg.freeze_vision:
         models.freeze_vision(policy)
     if cfg.gradient_checkpointing:
         policy.gradient_checkpointing_enable()
+    process = process_adv.ProcessSignal.from_config(cfg, device)  # the PRM, loaded once (None: outcome only)
     ref_policy = None
-    if cfg.kl_coef > 0:  # a reference model only when a reference KL is on
+    if cfg.stage_config(0).kl_coef > 0:  # a reference model only when a reference KL is on
         import copy
 
         ref_policy = copy.deepcopy(policy).eval().requires_grad_(False)
-    stream = ProblemStream(problems if problems is not None else load_problems(cfg), cfg.seed)
+    stream = ProblemStream(_stage_problems(cfg.stage_config(0), cfg, problems), cfg.seed)
 
     params = [p for p in policy.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.adam_betas, weight_decay=cfg.weight_decay,
@@ -250,27 +284,33 @@ def train(cfg: RunConfig, *, policy=None, processor=None, problems: list[dict] |
     run_path = Path(cfg.run_dir or f"runs/{cfg.preset}-seed{cfg.seed}")
     run = Run(cfg=cfg, path=run_path, policy=policy, processor=processor)
     start = 0
-    if cfg.resume and RunDir(run_path).checkpoints():
-        run_dir = RunDir(run_path)
+    if cfg.resume and world.run_dir(run_path).checkpoints():
+        run_dir = world.run_dir(run_path)
         start = _restore(run_dir, policy, optimizer, scheduler, stream, gen) + 1
         run.history = run_dir.metrics().to_dict("records")
     else:
-        run_dir = RunDir(run_path).create(cfg.to_dict())
+        run_dir = world.run_dir(run_path).create(cfg.to_dict())  # rank 0 alone writes it
 
     def checkpoint(step: int) -> None:
         run_dir.flush_problems()
         run_dir.save_checkpoint(step, policy, optimizer, _trainer_state(scheduler, stream, gen), processor=processor)
 
     bad_steps = 0
-    bar = tqdm(range(start, cfg.num_steps), desc=f"{cfg.preset}", disable=not progress, dynamic_ncols=False,
-               ncols=120, initial=start, total=cfg.num_steps)
+    bar = tqdm(range(start, cfg.num_steps), desc=f"{cfg.preset}", disable=not (progress and world.is_main),
+               dynamic_ncols=False, ncols=120, initial=start, total=cfg.num_steps)
+    stage, cfg = 0, cfg.stage_config(0)  # from here on `cfg` is the current stage's config (run.cfg: the run's)
     for step in bar:
+        if run.cfg.stage_at(step) != stage:  # a new stage begins, or a resumed run starts inside a later one
+            stage = run.cfg.stage_at(step)
+            cfg = run.cfg.stage_config(stage)
+            ref_policy = _enter_stage(run, stage, step, policy, stream, problems)
         t0 = time.perf_counter()
         policy.eval()
-        ro, scored, metrics = collect_batch(policy, processor, stream, cfg, gen)
+        ro, scored, metrics = collect_batch(policy, processor, stream, cfg, gen, world)
         policy.train()
         t_rollout = time.perf_counter() - t0
         metrics["step"] = step
+        metrics["stage"], metrics["kl/coef"] = stage, cfg.kl_coef
         if ro is None:  # every group was filtered out MAX_ROLLOUTS_PER_STEP times: nothing to learn from
             metrics["optim/skipped"] = 1.0
             run_dir.log_metrics(metrics)
@@ -285,8 +325,15 @@ def train(cfg: RunConfig, *, policy=None, processor=None, problems: list[dict] |
                                  lengths=lengths, whiten=cfg.whiten_advantages)
         if cfg.adv_weight == "clip_filter_like":
             adv = adv * advantages.clip_filter_like_weights(scored["total"], cfg.group_size, cfg.adv_weight_cap)
+        if process is not None:  # outcome + process: (B, T) step advantages, or those of a PRM-shaped reward
+            adv, process_metrics = process.apply(ro, scored, adv, mask, tokenizer_of(processor))
+            metrics.update(process_metrics)
 
-        old_logp, entropy = batched_logprobs(policy, ro, cfg, with_entropy=True)  # (B, T)
+        on_policy = takes_old_logp_from_learner(cfg, B)
+        if on_policy:  # filled micro-batch by micro-batch from the learner forward below
+            old_logp, entropy = torch.zeros(mask.shape), torch.zeros(mask.shape)
+        else:
+            old_logp, entropy = batched_logprobs(policy, ro, cfg, with_entropy=True)  # (B, T)
         ref_logp = batched_logprobs(ref_policy, ro, cfg) if ref_policy is not None else None
         new_logp = old_logp.clone()
         step_stats, grad_norms, skipped, nonfinite = [], [], 0, 0
@@ -295,10 +342,15 @@ def train(cfg: RunConfig, *, policy=None, processor=None, problems: list[dict] |
             K = cfg.group_size if B % cfg.group_size == 0 else 1
             groups = torch.randperm(B // K, generator=gen)
             order = (groups[:, None] * K + torch.arange(K)[None, :]).reshape(-1)
-            for minibatch in order.split(cfg.train_batch_size):
-                units = losses.aggregation_units(mask[minibatch], cfg.aggregation, group_size=cfg.group_size)
+            for minibatch in order.split(cfg.train_batch_size // world.size):
+                # Normalise by the units of the whole minibatch, summed over ranks: accumulation stays exact.
+                units = world.sum(losses.aggregation_units(mask[minibatch], cfg.aggregation, group_size=cfg.group_size))
                 for micro in minibatch.split(cfg.micro_batch_size):
-                    logp = completion_logprobs(policy, ro, micro, cfg)
+                    if on_policy:
+                        logp, ent = completion_logprobs(policy, ro, micro, cfg, with_entropy=True)
+                        old_logp[micro], entropy[micro] = logp.detach().float().cpu(), ent.detach().float().cpu()
+                    else:
+                        logp = completion_logprobs(policy, ro, micro, cfg)
                     loss, stats = losses.policy_loss(
                         logp, old_logp[micro].to(logp.device), adv[micro].to(logp.device), mask[micro].to(logp.device),
                         cfg=cfg, ref_logp=None if ref_logp is None else ref_logp[micro].to(logp.device))
@@ -309,6 +361,7 @@ def train(cfg: RunConfig, *, policy=None, processor=None, problems: list[dict] |
                         nonfinite += 1
                     new_logp[micro] = logp.detach().float().cpu()
                     step_stats.append(stats)
+                nonfinite = world.sync_gradients(params, nonfinite)  # sum over ranks: the global minibatch's gradient
                 grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
                 if nonfinite or not torch.isfinite(grad_norm):  # never step on NaN/Inf; count it instead
                     skipped += 1
@@ -319,6 +372,8 @@ def train(cfg: RunConfig, *, policy=None, processor=None, problems: list[dict] |
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
+        if cfg.rollout_backend == "vllm":  # the engine samples the next rollout: hand it the updated weights
+            sync_vllm_weights(policy)
 
         zero_std = advantages.zero_std_groups(scored["total"], cfg.group_size).float().mean().item() if B % cfg.group_size == 0 else float("nan")
         valid_tokens = mask.sum().clamp(min=1)
@@ -342,10 +397,12 @@ def train(cfg: RunConfig, *, policy=None, processor=None, problems: list[dict] |
             "perf/step_s": dt, "perf/rollout_s": t_rollout,
             "perf/tokens_per_s": (ro.prompt_mask.sum() + ro.completion_mask.sum()).item() / dt,
         })
+        metrics = world.reduce_metrics(metrics, num_responses=B)
         run_dir.log_metrics(metrics)
         run.history.append(metrics)
         run_dir.write_rollouts(step, _rollout_rows(step, ro, scored, adv, old_logp, new_logp, entropy, mask,
                                                   processor, cfg.group_size))
+        run_dir.log_warnings(diagnostics.step_warnings(run.history, run_dir.rollouts))  # collapse sentinels
         run_dir.add_problem_attempts(step, [ro.problems[i]["id"] for i in ro.problem_index.tolist()],
                                      [ro.problems[i].get("subject", "math") for i in ro.problem_index.tolist()],
                                      scored["accuracy"].tolist())
@@ -358,7 +415,8 @@ def train(cfg: RunConfig, *, policy=None, processor=None, problems: list[dict] |
                 f"{bad_steps} consecutive steps had only NaN/Inf losses or gradients (last: step {step}); the run "
                 f"stopped. The last good checkpoint is kept in {run_dir.path / 'checkpoints'}; lower lr or inspect "
                 f"{run_dir.path / 'rollouts'}.")
-        if cfg.save_every and (step + 1) % cfg.save_every == 0:
+        # Every stage boundary is checkpointed: a run resumed inside a later stage reloads its reference there.
+        if (cfg.save_every and (step + 1) % cfg.save_every == 0) or step + 1 in run.cfg.stage_starts()[1:]:
             checkpoint(step)
     if start < cfg.num_steps:
         checkpoint(cfg.num_steps - 1)
@@ -374,14 +432,9 @@ def _trainer_state(scheduler, stream: ProblemStream, gen: torch.Generator) -> di
 
 def _restore(run_dir: RunDir, policy, optimizer, scheduler, stream: ProblemStream, gen: torch.Generator) -> int:
     """Load the latest checkpoint into the live objects; drop logged steps after it. Returns its step."""
-    from safetensors.torch import load_file
-
     ckpt = run_dir.checkpoints()[-1]
     state = torch.load(ckpt / "trainer.pt", weights_only=True)  # never unpickle arbitrary objects
-    missing, unexpected = policy.load_state_dict(load_file(ckpt / "model.safetensors"), strict=False)
-    if unexpected or any("lm_head" not in k for k in missing):  # tied heads are saved once
-        raise RuntimeError(f"checkpoint {ckpt}: weights do not match the model (missing {missing}, unexpected {unexpected})")
-    policy.tie_weights()
+    _load_weights(policy, ckpt)
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     gen.set_state(state["generator"])
@@ -392,6 +445,50 @@ def _restore(run_dir: RunDir, policy, optimizer, scheduler, stream: ProblemStrea
     step = int(state["step"])
     run_dir.truncate_after(step)
     return step
+
+
+def _load_weights(model, ckpt: Path) -> None:
+    """Load a checkpoint's model.safetensors into `model` in place."""
+    from safetensors.torch import load_file
+
+    missing, unexpected = model.load_state_dict(load_file(ckpt / "model.safetensors"), strict=False)
+    if unexpected or any("lm_head" not in k for k in missing):  # tied heads are saved once
+        raise RuntimeError(f"checkpoint {ckpt}: weights do not match the model (missing {missing}, unexpected {unexpected})")
+    model.tie_weights()
+
+
+def _data_source(cfg: RunConfig) -> tuple:
+    return cfg.task, cfg.data_path, cfg.train_subject
+
+
+def _stage_problems(stage_cfg: RunConfig, run_cfg: RunConfig, problems: list[dict] | None) -> list[dict]:
+    """A stage's training problems: the ones given to `train`, unless the stage names other data."""
+    if problems is not None and _data_source(stage_cfg) == _data_source(run_cfg):
+        return problems
+    return load_problems(stage_cfg, subject=stage_cfg.train_subject)
+
+
+def _enter_stage(run: Run, stage: int, step: int, policy, stream: ProblemStream, problems: list[dict] | None):
+    """Point `stream` at stage `stage`'s problems and return its reference model (None when its KL is off).
+
+    The reference is the policy at the start of the stage: MM-Eureka ran stage 2 as a new run from the
+    stage-1 checkpoint, and its trainer (OpenRLHF) loads the reference from the actor's starting weights.
+    A run resumed inside the stage reloads those weights from the checkpoint at the stage boundary.
+    """
+    import copy
+
+    cfg, first = run.cfg.stage_config(stage), run.cfg.stage_starts()[stage]
+    data = _stage_problems(cfg, run.cfg, problems)
+    if step == first and _data_source(cfg) != _data_source(run.cfg.stage_config(stage - 1)):
+        stream.switch(data)
+    else:  # same data as the stage before, or resumed inside this stage: keep the (restored) cursor
+        stream.problems = data
+    if cfg.kl_coef == 0:
+        return None
+    ref_policy = copy.deepcopy(policy).eval().requires_grad_(False)
+    if step > first:
+        _load_weights(ref_policy, run.path / "checkpoints" / f"step_{first - 1:06d}")
+    return ref_policy
 
 
 def _as_tuple(x):
@@ -410,7 +507,7 @@ def _rollout_rows(step, ro: Rollouts, scored, adv, old_logp, new_logp, entropy, 
             "problem_id": problem["id"], "subject": problem.get("subject", "math"), "level": problem.get("level"),
             "answer": str(problem["answer"]), "completion": ro.texts[i], "finish_reason": ro.finish_reasons[i],
             "reward": float(scored["total"][i]), "accuracy": float(scored["accuracy"][i]),
-            "format": float(scored["format"][i]), "advantage": float(adv[i]),
+            "format": float(scored["format"][i]), "advantage": float(adv[i, :n].mean() if adv.dim() == 2 else adv[i]),
             "token_ids": ro.completion_ids[i, :n].tolist(),
             "tokens": tokenizer_of(processor).convert_ids_to_tokens(ro.completion_ids[i, :n].tolist()),
             "rollout_logp": ro.rollout_logp[i, :n].tolist(), "old_logp": old_logp[i, :n].tolist(),

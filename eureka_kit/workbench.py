@@ -1,6 +1,6 @@
 """Glue the ablation notebooks share, so each notebook stays parameters -> these calls -> figures.
 
-Everything here is a thin composition of `train`, `evaluate`, `toy.sft` and the run directory; no algorithm
+Everything here is a thin composition of `train`, `sft`, `evaluate` and the run directory; no algorithm
 lives here. Figures that only the notebooks draw (clip fractions by side, pooled log-ratio histograms, the
 ladder's config diff) are here too, as pure data -> plotly functions.
 """
@@ -60,26 +60,13 @@ def evaluate_on(policy, processor, cfg: RunConfig, problems: dict[str, list[dict
                                  problems_by_subject=problems)
 
 
-def sft_arm(base_policy, processor, problems: list[dict], *, steps: int, batch_size: int = 32, lr: float = 1e-3,
-            answer_only: bool = False, seed: int = 0, progress: bool = True):
-    """Supervised fine-tuning of a copy of the base policy on the problems' reference completions.
+def sft_arm(cfg: RunConfig, base_policy, processor, *, problems: list[dict] | None = None,
+            progress: bool = True) -> Run:
+    """`sft.sft` on a deep copy of `base_policy` (the base stays untouched for the next arm); `cfg.sft_target`
+    picks CoT-SFT (worked solutions) or answer-only SFT."""
+    from eureka_kit.sft import sft
 
-    answer_only=False trains on the worked solution (CoT-SFT); True on `<think>answer</think><answer>n</answer>`
-    (the answer without the worked steps, same format so the format reward is unchanged).
-    Returns (policy, losses).
-    """
-    from eureka_kit.models import tokenizer_of
-    from eureka_kit.toy import SFTConfig, sft, sft_examples
-
-    policy = copy.deepcopy(base_policy)
-    tok = tokenizer_of(processor)
-    examples = sft_examples(tok, problems)
-    if answer_only:
-        for ex, p in zip(examples, problems, strict=True):
-            ex["completion"] = f"<think>answer</think><answer>{p['answer']}</answer>"
-    cfg = SFTConfig(steps=steps, batch_size=batch_size, lr=lr, warmup=max(1, steps // 10))
-    losses = sft(policy, tok, examples, cfg, seed=seed, progress=progress)
-    return policy, losses
+    return sft(cfg, policy=copy.deepcopy(base_policy), processor=processor, problems=problems, progress=progress)
 
 
 # ---------------------------------------------------------------------------------------------

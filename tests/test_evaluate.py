@@ -28,3 +28,12 @@ def test_summarize_buckets_problems_by_success_rate():
     assert row.accuracy == pytest.approx((0 + 0.25 + 0.5 + 1) / 4)
     assert row.never_solved == 0.25 and row.sometimes_solved == 0.25 and row.mostly_solved == 0.5
     assert row["pass@4"] == pytest.approx(0.75)  # every problem with c > 0 is solved within 4 of 4
+
+
+def test_summarize_reports_greedy_accuracy_when_measured():
+    per_problem = pd.DataFrame({"problem_id": list("abc"), "subject": ["math", "math", "physics"], "level": [0, 1, 0],
+                                "samples": [2] * 3, "successes": [2, 0, 1], "greedy_correct": [1, 0, 0]})
+    summary = summarize(per_problem, ks=(1, 2)).set_index("subject")
+    assert summary.loc["math", "greedy_accuracy"] == 0.5 and summary.loc["physics", "greedy_accuracy"] == 0.0
+    assert summary.loc["physics", "pass@2"] == 1.0
+    assert "greedy_accuracy" not in summarize(per_problem.drop(columns="greedy_correct"))

@@ -21,7 +21,7 @@ from eureka_kit import sweep  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 EXPECTED = {"00_tour", "10_kl_removal", "11_clipping", "12_solved_vs_never_solved", "13_rl_vs_sft_generalization",
-            "20_ratio_explorer"}
+            "14_process_rewards", "20_ratio_explorer"}
 
 
 def test_every_expected_notebook_exists():
@@ -198,6 +198,9 @@ SMALLEST = {
     "12_solved_vs_never_solved": {**SMALL_RL, "train_per_level": 1, "eval_samples": 2},
     "13_rl_vs_sft_generalization": {**SMALL_RL, "train_per_level": 1, "sft_steps": 2, "sft_batch_size": 4,
                                     "eval_per_level": 1, "eval_samples": 2},
+    "14_process_rewards": dict(policy_steps=2, label_levels="1", label_per_level=2, num_rollouts=2, max_searches=1,
+                               rollout_budget=4, max_len=24, prm_epochs=1, test_per_level=1, bon_n=2, rl_steps=1,
+                               rl_batch=1),
     "20_ratio_explorer": dict(num_steps=2, rollout_batch_size=2, group_size=4, update_epochs=2),
 }
 

@@ -13,6 +13,8 @@ from eureka_kit.prm_data import (
     build_examples,
     mc_value,
     q_value,
+    split_by_problem,
+    tree_nodes,
     u_value,
     words,
 )
@@ -225,6 +227,23 @@ def test_build_examples_dedupes_and_is_seeded():
                 + [_node([f"p{i}"], 1.0) for i in range(6)])
     a = build_examples(tree, min_words=0, seed=1)
     assert len(a) == 4 and a == build_examples(tree, min_words=0, seed=1)
+
+
+def test_tree_nodes_first_errors_and_positions():
+    rows = tree_nodes([dict(hand_tree(), level=3)])
+    by = {(r["start"], r["num_steps"], r["mc_value"]): r for r in rows}
+    assert len(rows) == 4  # C, A, A1, B (the root is not a row)
+    assert by[(2, 1, 0.0)]["first_error"] and by[(2, 1, 0.0)]["leaf"]  # B = (s3,) after s1, s2
+    assert not by[(2, 2, 1.0)]["first_error"] and by[(0, 2, 0.25)]["level"] == 3
+    assert sum(r["first_error"] for r in rows) == 1
+    assert tree_nodes([dict(hand_tree(), mc_value=None, level=0)]) == []  # an unsearched root
+
+
+def test_split_by_problem_keeps_problems_whole():
+    examples = [dict(id=f"p{i // 3}", process=str(i)) for i in range(300)]
+    train, held = split_by_problem(examples, 0.2, seed=0)
+    assert len(train) + len(held) == 300 and {e["id"] for e in train}.isdisjoint({e["id"] for e in held})
+    assert 0.1 < len(held) / 300 < 0.3 and split_by_problem(examples, 0.2, seed=0) == (train, held)
 
 
 # -- pipeline with the real rollout backend (random-init toy model, tiny budgets) --------------------------

@@ -8,6 +8,7 @@ import torch
 from eureka_kit.models import build_toy_model
 from eureka_kit.prm import (
     PRMTrainConfig,
+    calibration,
     encode_example,
     init_prm,
     prm_loss,
@@ -113,6 +114,9 @@ def test_train_and_score_tiny(toy):
     assert score_steps(model, tok, problem, []) == []
     batched = score_processes(model, tok, [("What is 2+3?", "2+3=5<prm>5<prm>"), ("What is 2+3?", "2+3=6<prm>")])
     assert batched[0] == pytest.approx(good, abs=1e-5) and batched[1] == pytest.approx(bad, abs=1e-5)
+    cal = calibration(model, tok, examples[:2])
+    assert [(c["position"], c["label"]) for c in cal] == [(0, 1.0), (1, 1.0), (0, 0.0)]
+    assert all(0 < c["p_yes"] < 1 for c in cal)
 
 
 def test_vision_tower_frozen():

@@ -22,7 +22,7 @@ import pytest
 import torch
 from PIL import Image
 
-from eureka_kit.config import RunConfig
+from eureka_kit.config import PRESETS, RunConfig
 from eureka_kit.models import build_toy_model
 from eureka_kit.runs import RunDir, open_run
 from eureka_kit.tasks import toyworld
@@ -354,6 +354,69 @@ def test_training_on_a_local_mmk12_folder_gets_a_list_of_rows(tmp_path):
     cfg = RunConfig.from_preset("grpo", task="mmk12", data_path=str(path))
     problems = load_problems(cfg)
     assert [r["id"] for r in ProblemStream(problems, 0).take(2)] in (["q0", "q1"], ["q1", "q0"])
+
+
+# ---------------------------------------------------------------------------------------------
+# 4b. invalid parameters on the real notebooks: a clear error from the validation cell, before any model work
+
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+# One bad value per notebook, covering the three ways a parameter goes wrong: out of range, unknown preset
+# name, wrong type. A notebook not listed gets a negative num_steps.
+BAD_PARAMETER = {
+    "00_tour": ("lr", "fast", "must be a number > 0"),
+    "10_kl_removal": ("arms", "grpo,ppo", f"unknown item(s) ['ppo']; allowed: {', '.join(PRESETS)}"),
+    "11_clipping": ("num_steps", -1, "must be a positive integer"),
+    "12_solved_vs_never_solved": ("preset", "ppo", f"must be one of {', '.join(PRESETS)}"),
+    "13_rl_vs_sft_generalization": ("group_size", 2.5, "must be a positive integer"),
+    "20_ratio_explorer": ("replay_preset", "cpgd2", f"must be one of {', '.join(PRESETS)}"),
+}
+
+
+def _parameters_and_validation_cells(book) -> tuple[int, int]:
+    """Indices of the `parameters` cell and of the first code cell after it (the validation cell)."""
+    params = next(i for i, c in enumerate(book.cells) if "parameters" in c.metadata.get("tags", []))
+    return params, next(i for i in range(params + 1, len(book.cells)) if book.cells[i].cell_type == "code")
+
+
+def _parameter_names(source: str) -> set[str]:
+    return {t.target.id if isinstance(t, ast.AnnAssign) else t.targets[0].id for t in ast.parse(source).body}
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_every_notebook_parameter_has_a_validation_rule(path):
+    nbformat = pytest.importorskip("nbformat")
+    book = nbformat.read(path, as_version=4)
+    params, check = _parameters_and_validation_cells(book)
+    calls = [n for n in ast.walk(ast.parse(book.cells[check].source))
+             if isinstance(n, ast.Call) and getattr(n.func, "attr", "") == "validate"]
+    assert calls, f"{path.name}: the cell after the parameters does not call P.validate"
+    ruled = {k.arg for k in calls[0].keywords}
+    assert _parameter_names(book.cells[params].source) <= ruled, "parameters without a rule"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_a_bad_notebook_parameter_fails_in_the_validation_cell_before_any_training(path, tmp_path):
+    nbformat = pytest.importorskip("nbformat")
+    pm = pytest.importorskip("papermill")
+    name, bad, allowed = BAD_PARAMETER.get(path.stem, ("num_steps", -1, "must be a positive integer"))
+    out, runs = tmp_path / "out.ipynb", tmp_path / "runs"
+    with pytest.raises(pm.PapermillExecutionError) as failed:
+        pm.execute_notebook(str(path), str(out), parameters={name: bad, "run_root": str(runs)}, kernel_name="python3",
+                            progress_bar=False, cwd=str(tmp_path))
+    assert failed.value.ename == "NotebookParameterError"
+    assert f"parameter {name!r}: {allowed}" in failed.value.evalue and repr(bad) in failed.value.evalue
+
+    book = nbformat.read(out, as_version=4)
+    params, _ = _parameters_and_validation_cells(book)
+    injected = params + 1
+    assert "injected-parameters" in book.cells[injected].metadata.get("tags", [])
+    errors = [i for i, c in enumerate(book.cells) for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    check = next(i for i in range(injected + 1, len(book.cells)) if book.cells[i].cell_type == "code")
+    assert errors == [check], f"the error is in cell {errors}, not in the validation cell {check}"
+    later = [c for c in book.cells[check + 1:] if c.cell_type == "code"]
+    assert later and all(c.execution_count is None and not c.outputs for c in later), "cells ran after the error"
+    assert not runs.exists(), "a run directory was created: training started"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -30,11 +30,12 @@ progress: bool = False  # console progress bars'''
 
 RL_RULES = '''model=P.model_name, data_path=P.optional_dir, num_steps=P.positive_int,
     rollout_batch_size=P.positive_int, group_size=P.positive_int, minibatches=P.positive_int,
-    update_epochs=P.positive_int, lr=P.positive_float, max_len=P.positive_int, progress=P.boolean'''
+    update_epochs=P.positive_int, lr=P.positive_float, max_len=P.positive_int, run_root=P.output_dir,
+    progress=P.boolean'''
 
 RL_DICT = '''model=model, data_path=data_path, num_steps=num_steps, rollout_batch_size=rollout_batch_size,
          group_size=group_size, minibatches=minibatches, update_epochs=update_epochs, lr=lr, max_len=max_len,
-         progress=progress'''
+         run_root=run_root, progress=progress'''
 
 SETTINGS = '''settings = W.rl_settings(**{k: params[k] for k in ("num_steps", "rollout_batch_size", "group_size",
                                                   "minibatches", "update_epochs", "lr", "max_len", "model",
@@ -467,10 +468,11 @@ train_problems = W.problems_by_subject("train", ["math"], per_level=train_per_le
 tests = W.problems_by_subject("test", SUBJECTS, per_level=eval_per_level, seed=seed, cfg=cfg)
 models = {"base": base}
 models["rl"] = W.train_arm(cfg, base, tok, problems=train_problems, progress=progress).policy
-models["cot_sft"], cot_losses = W.sft_arm(base, tok, train_problems, steps=sft_steps, batch_size=sft_batch_size,
-                                          lr=sft_lr, seed=seed, progress=progress)
-models["answer_sft"], ans_losses = W.sft_arm(base, tok, train_problems, steps=sft_steps, batch_size=sft_batch_size,
-                                             lr=sft_lr, answer_only=True, seed=seed, progress=progress)
+for target in ("cot", "answer"):  # CoT-SFT on the worked solutions; answer-only SFT
+    sft_cfg = RunConfig.from_preset("sft", sft_target=target, seed=seed, model=model, num_steps=sft_steps, lr=sft_lr,
+                                    warmup_steps=max(1, sft_steps // 10), train_batch_size=sft_batch_size,
+                                    micro_batch_size=sft_batch_size, run_dir=str(root / f"{target}_sft"))
+    models[f"{target}_sft"] = W.sft_arm(sft_cfg, base, tok, problems=train_problems, progress=progress).policy
 summaries = {name: W.evaluate_on(m, tok, cfg, tests, num_samples=eval_samples, seed=seed)[1] for name, m in models.items()}
 '''),
     ("code", '''
@@ -535,12 +537,13 @@ from eureka_kit import viz
 from eureka_kit import workbench as W
 from eureka_kit.config import PRESETS, RunConfig
 
-params = P.validate(dict(preset=preset, replay_preset=replay_preset, num_steps=num_steps,
+params = P.validate(dict(run_dir=run_dir, preset=preset, replay_preset=replay_preset, num_steps=num_steps,
                          rollout_batch_size=rollout_batch_size, group_size=group_size, update_epochs=update_epochs,
-                         lr=lr, seed=seed, progress=progress),
-                    preset=P.choice(PRESETS), replay_preset=P.choice(PRESETS), num_steps=P.positive_int,
-                    rollout_batch_size=P.positive_int, group_size=P.positive_int, update_epochs=P.positive_int,
-                    lr=P.positive_float, seed=P.non_negative_int, progress=P.boolean)
+                         lr=lr, run_root=run_root, seed=seed, progress=progress),
+                    run_dir=P.optional_dir, preset=P.choice(PRESETS), replay_preset=P.choice(PRESETS),
+                    num_steps=P.positive_int, rollout_batch_size=P.positive_int, group_size=P.positive_int,
+                    update_epochs=P.positive_int, lr=P.positive_float, run_root=P.output_dir, seed=P.non_negative_int,
+                    progress=P.boolean)
 if run_dir and not explorer.find_runs(run_dir):
     raise P.NotebookParameterError(f"parameter 'run_dir': no run directories with saved rollouts under {run_dir!r}")
 '''),
@@ -594,8 +597,211 @@ W.show_markdown("\\n".join(lines))
 '''),
 ]
 
+# =============================================================================================
+PRM = [
+    ("md", r"""
+# 14 — Process rewards: automatic step labels, a PRM, best-of-N, and the PRM inside RL
+
+MM-PRM's pipeline on the toy world. A step-form policy (`<step>…</step>…<answer>…</answer>`) is rolled out
+from prefixes of its own solutions; the fraction of correct continuations is a step's Monte-Carlo value
+(OmegaPRM search, `prm_data.py`). A PRM (the policy's architecture reading P("Yes") at a `<prm>` marker,
+`prm.py`) is trained on those soft labels, then reranks 16 sampled solutions per test problem
+(`bestofn.py`) against random pick, majority vote and an outcome reward model. Last, the PRM's step scores
+enter CPGD as per-token advantages (`process_mode="step_advantage"`, `process_adv.py`).
+"""),
+    ("params", '''seed: int = 0
+policy_steps: int = 700  # step-form SFT steps of the labelled policy (StepPolicyConfig; cached)
+label_levels: str = "1,2,3,4"  # toy-world levels of the math train problems to label
+label_per_level: int = 12  # math train problems per level to label
+num_rollouts: int = 16  # continuations per Monte-Carlo value
+max_searches: int = 20  # binary searches per problem
+rollout_budget: int = 160  # rollouts per problem (never exceeded)
+max_len: int = 128  # max tokens of a continuation / candidate
+prm_epochs: int = 3  # PRM training epochs
+test_per_level: int = 16  # math test problems per level for best-of-N
+bon_n: int = 16  # candidates per test problem (N = 1, 2, 4, ... up to this)
+rl_steps: int = 20  # RL steps per arm (with and without process signal)
+rl_batch: int = 8  # prompts per RL step (8 responses each)
+process_weight: float = 0.5  # w of the step advantage
+lr: float = 5e-5  # RL learning rate (on-policy)
+run_root: str = "runs/notebooks"  # where trees, the PRM and run directories go
+progress: bool = False  # console progress bars'''),
+    ("code", '''import numpy as np
+import pandas as pd
+import plotly.express as px
+
+from eureka_kit import bestofn, prm, prm_data
+from eureka_kit import notebook_params as P
+from eureka_kit import workbench as W
+from eureka_kit.config import RunConfig
+from eureka_kit.models import load
+from eureka_kit.steps import StepPolicyConfig, build_step_policy
+from eureka_kit.tasks import toyworld
+
+params = P.validate(
+    dict(seed=seed, policy_steps=policy_steps, label_levels=label_levels, label_per_level=label_per_level,
+         num_rollouts=num_rollouts, max_searches=max_searches, rollout_budget=rollout_budget, max_len=max_len,
+         prm_epochs=prm_epochs, test_per_level=test_per_level, bon_n=bon_n, rl_steps=rl_steps, rl_batch=rl_batch,
+         process_weight=process_weight, lr=lr, progress=progress),
+    seed=P.non_negative_int, policy_steps=P.positive_int, label_levels=P.int_list, label_per_level=P.positive_int,
+    num_rollouts=P.positive_int, max_searches=P.positive_int, rollout_budget=P.positive_int, max_len=P.positive_int,
+    prm_epochs=P.positive_int, test_per_level=P.positive_int, bon_n=P.positive_int, rl_steps=P.positive_int,
+    rl_batch=P.positive_int, process_weight=P.positive_float, lr=P.positive_float, progress=P.boolean)
+if params["bon_n"] & (params["bon_n"] - 1) or params["rollout_budget"] < params["num_rollouts"]:
+    raise P.NotebookParameterError(f"parameter 'bon_n'/'rollout_budget': bon_n must be a power of two and "
+                                   f"rollout_budget >= num_rollouts, got {bon_n!r}/{rollout_budget!r}")
+root = W.run_root(run_root, "14_process_rewards") / f"seed{seed}-policy{policy_steps}"
+policy_path = build_step_policy(seed, StepPolicyConfig(steps=policy_steps), progress=progress)
+policy, tok = load(str(policy_path))
+run_cfg = RunConfig(max_len=max_len, seed=seed)
+params
+'''),
+    ("md", "## 1. Step labels (OmegaPRM search on the math training problems)"),
+    ("code", '''
+import time
+
+train_problems = toyworld.generate("train", "math", label_per_level, seed=seed, levels=tuple(params["label_levels"]))
+search = prm_data.SearchConfig(num_rollouts=num_rollouts, max_search_count=max_searches, rollout_budget=rollout_budget)
+t0 = time.perf_counter()
+prm_data.label_problems(policy, tok, train_problems, root / "trees", run_cfg, search, seed=seed, progress=progress)
+label_s = time.perf_counter() - t0  # 0 when every tree was already on disk (resumed)
+trees = [t for t in prm_data.load_trees(root / "trees") if t["id"] in {p["id"] for p in train_problems}]
+examples = [ex for t in trees for ex in prm_data.build_examples(t, min_words=0, seed=seed)]
+train_ex, held_ex = prm_data.split_by_problem(examples, 0.2, seed=seed)
+nodes = pd.DataFrame(prm_data.tree_nodes(trees), columns=["id", "level", "start", "num_steps", "mc_value", "judged",
+                                                          "first_error", "leaf"])
+roots = pd.DataFrame([dict(id=t["id"], level=t["level"], root_mc=t["mc_value"]) for t in trees])
+pd.DataFrame([dict(**prm_data.tree_stats(trees), examples=len(examples), train_examples=len(train_ex),
+                   held_out_examples=len(held_ex), label_seconds=round(label_s, 1))])
+'''),
+    ("code", '''
+summary = roots.groupby("level").agg(problems=("id", "size"), root_mc=("root_mc", "mean"),
+                                     usable=("root_mc", lambda v: ((v > 0) & (v < 1)).sum()))
+summary.join(nodes.groupby("level").agg(nodes=("id", "size"), first_errors=("first_error", "sum")))
+'''),
+    ("code", '''
+px.histogram(nodes, x="mc_value", color="judged", nbins=17, barmode="stack",
+             title="MC values of the tree nodes (judged = a final answer, scored without rollouts)")
+'''),
+    ("code", '''
+steps_per_example = pd.DataFrame([dict(markers=len(ex["labels"]), negative=ex["labels"][-1] == 0.0) for ex in examples],
+                                 columns=["markers", "negative"])
+first = nodes[nodes.first_error]
+fig = px.histogram(first, x="start", color="level", barmode="group",
+                   title="first-error positions: steps before the node that holds the first wrong step")
+fig.add_annotation(text=f"{len(steps_per_example)} examples, {int(steps_per_example.negative.sum())} negatives, "
+                        f"{steps_per_example.markers.mean() if len(steps_per_example) else float('nan'):.2f} labels each",
+                   xref="paper", yref="paper", x=0, y=1.08, showarrow=False)
+fig
+'''),
+    ("md", "## 2. The PRM: soft-label training and calibration on held-out problems"),
+    ("code", '''
+prm_model, prm_tok = load(str(policy_path))
+t0 = time.perf_counter()
+if train_ex:
+    prm_losses = prm.train_prm(prm_model, prm_tok, train_ex, prm.PRMTrainConfig(**{**prm.TOY_PRM, "epochs": prm_epochs}),
+                               seed=seed, progress=progress)
+else:  # no problem had 0 < root MC < 1: an untrained PRM, and the cells below say so
+    prm.init_prm(prm_model, prm_tok)
+    prm_losses = []
+prm_s = time.perf_counter() - t0
+prm_model.save_pretrained(root / "prm")
+prm_tok.save_pretrained(root / "prm")
+px.line(y=prm_losses, labels=dict(x="optimizer step", y="soft-label CE"),
+        title=f"PRM training: {len(train_ex)} examples, {prm_s:.0f} s (labels {label_s:.0f} s)")
+'''),
+    ("code", '''
+cal = pd.DataFrame(prm.calibration(prm_model, prm_tok, held_ex), columns=["id", "position", "label", "p_yes"])
+cal["bin"] = pd.cut(cal.label, [-0.01, 0.0, 0.25, 0.5, 0.75, 0.999, 1.0],
+                    labels=["0", "(0,.25]", "(.25,.5]", "(.5,.75]", "(.75,1)", "1"])
+calib = cal.groupby("bin", observed=True).agg(markers=("label", "size"), mc_value=("label", "mean"),
+                                              p_yes=("p_yes", "mean")).reset_index()
+fig = px.scatter(cal, x="label", y="p_yes", opacity=0.4, title="held-out calibration: predicted P(Yes) vs MC value")
+fig.add_scatter(x=calib.mc_value, y=calib.p_yes, mode="lines+markers", name="bin means")
+fig.add_scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(dash="dot"), name="perfect")
+fig
+'''),
+    ("md", "## 3. Best-of-N on the math test split"),
+    ("code", '''
+test = toyworld.load("test", "math", seed=seed, n_per_level=test_per_level)
+records = bestofn.collect_candidates(policy, tok, prm_model, prm_tok, test, run_cfg, n=bon_n, seed=seed + 1)
+ns = tuple(2 ** k for k in range(bon_n.bit_length()) if 2 ** k <= bon_n)
+bon = bestofn.bon_table(records, ns)
+bestofn.plot_bon(bon)
+'''),
+    ("code", '''
+by_level = pd.concat([bestofn.bon_table([r for r in records if r["level"] == lvl], (bon_n,)).assign(level=lvl)
+                      for lvl in sorted({r["level"] for r in records})])
+by_level.pivot_table(index="method", columns="level", values="accuracy").round(3)
+'''),
+    ("md", "## 4. RL with and without the process signal (CPGD vs `cpgd_prm`, same seed and problems)"),
+    ("code", '''
+rl = dict(num_steps=rl_steps, rollout_batch_size=rl_batch, group_size=8, train_batch_size=rl_batch * 8,
+          micro_batch_size=rl_batch * 8, update_epochs=1, lr=lr, max_len=max_len, seed=seed)  # on-policy
+rl_problems = toyworld.generate("train", "math", max(2, label_per_level), seed=seed + 1,
+                                levels=tuple(params["label_levels"]))
+runs = {
+    "cpgd": W.train_arm(RunConfig.from_preset("cpgd", run_dir=str(root / "rl_cpgd"), **rl), policy, tok,
+                        problems=rl_problems, progress=progress),
+    "cpgd_prm": W.train_arm(RunConfig.from_preset("cpgd_prm", prm_path=str(root / "prm"), process_weight=process_weight,
+                                                  run_dir=str(root / "rl_cpgd_prm"), **rl), policy, tok,
+                            problems=rl_problems, progress=progress),
+}
+hist = pd.concat([h.assign(arm=name) for name, h in W.histories(runs).items()])
+px.line(hist, x="step", y="reward/accuracy", color="arm", title="sampled training accuracy per step")
+'''),
+    ("code", '''
+eval_problems = {"math": toyworld.load("test", "math", seed=seed, n_per_level=max(1, test_per_level // 2))}
+rows = []
+for name, model in [("step policy", policy)] + [(n, r.policy) for n, r in runs.items()]:
+    _, s = W.evaluate_on(model, tok, run_cfg, eval_problems, num_samples=4, seed=seed)
+    rows.append(s.assign(model=name))
+rl_eval = pd.concat(rows)
+prm_cols = [c for c in hist.columns if c.startswith("process/")]
+rl_eval[["model", "pass@1"] + [c for c in rl_eval.columns if c.startswith("pass@") and c != "pass@1"]]
+'''),
+    ("code", '''
+# What this shows (computed)
+acc = bon.pivot_table(index="method", columns="N", values="accuracy")
+top = acc[bon_n]
+prm_methods = [m for m in top.index if m.startswith("prm_")]
+best = max(prm_methods, key=lambda m: top[m])
+lines = [f"**What this shows** (seed {seed}; {len(trees)} labelled problems, {len(examples)} PRM examples; "
+         f"labels {label_s:.0f} s + PRM training {prm_s:.0f} s on this machine):"]
+usable = int(summary.usable.sum())
+lines.append(f"- {usable} of {len(trees)} labelled problems had a root MC value strictly between 0 and 1 (the only "
+             f"ones that give examples); mean root MC per level: "
+             + ", ".join(f"L{lvl} {v:.2f}" for lvl, v in summary.root_mc.items()) + ".")
+if len(cal):
+    r = np.corrcoef(cal.label, cal.p_yes)[0, 1] if cal.label.std() > 0 and cal.p_yes.std() > 0 else float("nan")
+    lines.append(f"- Held-out calibration over {len(cal)} markers: correlation of P(Yes) with the MC value {r:.2f}, "
+                 f"mean |P(Yes) - MC| {np.abs(cal.label - cal.p_yes).mean():.2f}.")
+else:
+    lines.append("- No held-out markers: calibration is not measured at these sizes.")
+margin_random = top[best] - top["random"]
+margin_majority = top[best] - top["majority"]
+lines.append(f"- Best-of-{bon_n} on {len(records)} math test problems: best PRM aggregation `{best}` {top[best]:.1%}, "
+             f"random pick {top['random']:.1%} ({margin_random:+.1%}), majority vote {top['majority']:.1%} "
+             f"({margin_majority:+.1%}), ORM {top['orm']:.1%}, oracle pass@{bon_n} {top['oracle']:.1%}.")
+target = margin_random >= 0.05 and margin_majority >= 0
+lines.append(f"- The issue's target (PRM beats random by >= 5 points and matches majority vote) is "
+             f"{'met' if target else '**not met**'} in this run"
+             + ("." if target else f": the PRM's pick is {margin_random:+.1%} vs random and {margin_majority:+.1%} "
+                "vs majority; the calibration and per-level tables above show where it fails."))
+acc_rl = rl_eval.set_index("model")["pass@1"]
+lines.append(f"- RL, {rl_steps} steps: pass@1 step policy {acc_rl['step policy']:.1%}, CPGD {acc_rl['cpgd']:.1%}, "
+             f"CPGD + step advantages {acc_rl['cpgd_prm']:.1%} (4 samples on {sum(map(len, eval_problems.values()))} "
+             f"test problems: a few points are noise).")
+if prm_cols:
+    last = hist[hist.arm == "cpgd_prm"][prm_cols].mean()
+    lines.append("- Process metrics of the cpgd_prm arm (mean over steps): "
+                 + ", ".join(f"{k} {v:.3f}" for k, v in last.items()) + ".")
+W.show_markdown("\\n".join(lines))
+'''),
+]
+
 NOTEBOOKS = {"00_tour": TOUR, "10_kl_removal": KL, "11_clipping": CLIP, "12_solved_vs_never_solved": SOLVED,
-             "13_rl_vs_sft_generalization": GEN, "20_ratio_explorer": EXPLORER}
+             "13_rl_vs_sft_generalization": GEN, "14_process_rewards": PRM, "20_ratio_explorer": EXPLORER}
 
 
 def main(names: list[str]) -> None:

@@ -1,0 +1,91 @@
+"""The report pages in a real headless browser: Debian's chromium driven by playwright, offline.
+
+Opens a small suite's index, one notebook run's report and a toy-report-style page from file:// URLs and checks
+that there are no console errors or page errors, that nothing was requested from the network, and that every
+plotly figure rendered (its <div> holds plotly's SVG). Skips when /usr/bin/chromium (apt-get install chromium)
+or playwright (the dev extra) is missing; never downloads a browser.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from test_report import build_tiny_suite
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--no-first-run"]
+
+pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason=f"{CHROMIUM} missing (apt-get install chromium)")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright missing (pip install playwright)")
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture(scope="module")
+def suite_dir(tmp_path_factory):
+    pytest.importorskip("papermill")
+    out, _ = build_tiny_suite(tmp_path_factory.mktemp("browser"))
+    return out
+
+
+# plotly figures that drew: their <div> holds plotly's SVG
+RENDERED = "Array.from(document.querySelectorAll('.js-plotly-plot')).filter(e => e.querySelector('.main-svg')).length"
+
+
+def open_page(browser, path: Path, num_figures: int) -> dict:
+    """Load `path` and wait for `num_figures` plotly figures to draw; return what went wrong, how many figures
+    drew and the page's links."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    page = browser.new_page()
+    problems: dict[str, list[str]] = {"console errors": [], "page errors": [], "network requests": []}
+
+    def on_console(message):
+        if message.type == "error":
+            problems["console errors"].append(message.text)
+
+    def on_request(request):
+        if request.url.split(":", 1)[0] not in ("file", "data", "blob", "about"):
+            problems["network requests"].append(request.url)
+
+    page.on("console", on_console)
+    page.on("pageerror", lambda error: problems["page errors"].append(str(error)))
+    page.on("request", on_request)
+    page.goto(path.as_uri(), wait_until="load")
+    try:
+        page.wait_for_function(f"{RENDERED} >= {num_figures}", timeout=20_000)
+    except PlaywrightTimeout:
+        pass  # the caller's assertion on "rendered" says how many drew
+    seen = {**problems, "rendered": page.evaluate(RENDERED),
+            "links": page.eval_on_selector_all("a[href]", "els => els.map(e => e.getAttribute('href'))")}
+    page.close()
+    return seen
+
+
+def test_index_opens_cleanly_and_links_every_page(browser, suite_dir):
+    seen = open_page(browser, suite_dir / "index.html", num_figures=0)
+    assert seen["console errors"] == seen["page errors"] == seen["network requests"] == []
+    assert {"toy_world/index.html", "tiny/report/report.html", "tiny_fails/report/executed.ipynb"} <= set(seen["links"])
+    assert all((suite_dir / link).exists() for link in seen["links"])
+
+
+def test_notebook_report_renders_every_figure_offline(browser, suite_dir):
+    report = suite_dir / "tiny" / "report" / "report.html"
+    figures = report.read_text().count('class="plotly-graph-div"')
+    seen = open_page(browser, report, num_figures=figures)
+    assert seen["console errors"] == seen["page errors"] == seen["network requests"] == []
+    assert figures == 2 and seen["rendered"] == figures
+
+
+def test_toy_report_page_renders_every_figure_offline(browser, suite_dir):
+    seen = open_page(browser, suite_dir / "toy_world" / "index.html", num_figures=2)
+    assert seen["console errors"] == seen["page errors"] == seen["network requests"] == []
+    assert seen["rendered"] == 2

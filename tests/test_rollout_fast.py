@@ -1,0 +1,203 @@
+"""The fast paths of a CPU RL step against the plain ones they replace.
+
+- the lean sampling loop (`rollout.sample_with_cache`) vs transformers `generate`: same tokens greedy and,
+  under the same seed, sampled; its log-probs vs generate's scores and a teacher-forced forward;
+- the shared-prompt prefill (P4) in both samplers, the shared-prompt learner forward (P5) and the on-policy
+  step that takes old_logp from the learner forward (P1) vs the paths without them.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+from eureka_kit import ops, rollout
+from eureka_kit import train as train_mod
+from eureka_kit.config import RunConfig
+from eureka_kit.models import build_toy_model
+from eureka_kit.tasks import toyworld
+
+K, NEW = 3, 24
+
+
+@pytest.fixture(scope="module")
+def problems():
+    return toyworld.load("train", "math", seed=0, n_per_level=4)
+
+
+@pytest.fixture(scope="module")
+def prompts(problems):
+    """5 prompts of different lengths (left padding is exercised) and their mask."""
+    tok = build_toy_model(seed=0)[1]
+    ids, attn, _ = rollout.encode_prompts(tok, problems[::4][:5], "none", False, 512)
+    assert (attn == 0).any()
+    return ids, attn
+
+
+@pytest.fixture(scope="module")
+def eos_prone_model():
+    """The random-init toy model with EOS made likely (~3% per step, along the hidden states' common direction):
+    sampled rows stop at different steps, so EOS handling, PAD after EOS and the early stop are exercised."""
+    model, tok = build_toy_model(seed=0)
+    with torch.no_grad():
+        x = torch.randint(3, 100, (8, 30), generator=torch.Generator().manual_seed(0))
+        common = model.model(input_ids=x).last_hidden_state.mean(dim=(0, 1))
+        model.lm_head.weight[tok.eos_token_id] = 0.3 * common / common.norm()
+    return model, tok
+
+
+def _generate(model, tok, ids, attn, **kw):
+    out = model.generate(input_ids=ids.repeat_interleave(K, 0), attention_mask=attn.repeat_interleave(K, 0),
+                         max_new_tokens=NEW, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+                         output_scores=True, return_dict_in_generate=True, **kw)
+    tokens = out.sequences[:, ids.shape[1]:]
+    logp = torch.stack([torch.log_softmax(s, -1).gather(1, tokens[:, t:t + 1]).squeeze(1)
+                        for t, s in enumerate(out.scores)], dim=1)
+    return tokens, logp
+
+
+def test_sampling_logits_match_transformers_warpers():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(6, 50, generator=g) * 3
+    logits[0, :10] = 2.5  # ties at the top-k / top-p boundary
+    for temperature, top_k, top_p in [(1.0, 0, 1.0), (0.7, 0, 1.0), (1.0, 5, 1.0), (1.0, 0, 0.8), (0.6, 12, 0.9)]:
+        expected = logits
+        if temperature != 1.0:
+            expected = TemperatureLogitsWarper(temperature)(None, expected)
+        if top_k:
+            expected = TopKLogitsWarper(top_k)(None, expected)
+        if top_p < 1.0:
+            expected = TopPLogitsWarper(top_p)(None, expected)
+        got = ops.sampling_logits(logits, temperature, top_k, top_p)
+        assert torch.equal(got, expected), (temperature, top_k, top_p)
+    assert torch.equal(ops.sampling_logits(torch.tensor([[2.0, 1.0, 0.0]]), top_k=2),
+                       torch.tensor([[2.0, 1.0, float("-inf")]]))
+
+
+def test_lean_loop_greedy_is_generate_greedy(eos_prone_model, prompts):
+    model, tok = eos_prone_model
+    ids, attn = prompts
+    expected, expected_logp = _generate(model, tok, ids, attn, do_sample=False)
+    tokens, logp = rollout.sample_with_cache(model, ids, attn, K, NEW, tok.eos_token_id, tok.pad_token_id,
+                                             greedy=True)
+    assert torch.equal(tokens, expected)
+    assert tokens.shape[1] < NEW and (tokens == tok.eos_token_id).any(dim=1).all()  # every row stopped: early stop
+    torch.testing.assert_close(logp, expected_logp, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("temperature,top_p", [(1.0, 1.0), (0.7, 0.9)])
+def test_lean_loop_samples_what_generate_samples_under_the_same_seed(eos_prone_model, prompts, temperature, top_p):
+    model, tok = eos_prone_model
+    ids, attn = prompts
+    torch.manual_seed(1234)
+    expected, expected_logp = _generate(model, tok, ids, attn, do_sample=True, temperature=temperature,
+                                        top_p=top_p, top_k=0)
+
+    def lean(seed):
+        return rollout.sample_with_cache(model, ids, attn, K, NEW, tok.eos_token_id, tok.pad_token_id,
+                                         temperature=temperature, top_p=top_p,
+                                         generator=torch.Generator().manual_seed(seed))
+
+    tokens, logp = lean(1234)
+    assert torch.equal(tokens, expected)
+    assert torch.equal(tokens, lean(1234)[0]) and not torch.equal(tokens, lean(99)[0])
+    finished = (tokens == tok.eos_token_id).any(dim=1)
+    assert 0 < finished.sum() < len(tokens)
+    valid = (tokens == tok.eos_token_id).cumsum(1) - (tokens == tok.eos_token_id).long() == 0
+    assert (tokens[~valid] == tok.pad_token_id).all()  # PAD after EOS, as generate pads
+    torch.testing.assert_close(logp[valid], expected_logp[valid], atol=1e-6, rtol=0)
+
+
+def test_lean_loop_honours_min_new_tokens(eos_prone_model, prompts):
+    model, tok = eos_prone_model
+    ids, attn = prompts
+    tokens, _ = rollout.sample_with_cache(model, ids, attn, K, NEW, tok.eos_token_id, tok.pad_token_id,
+                                          min_new_tokens=10, generator=torch.Generator().manual_seed(0))
+    assert not (tokens[:, :10] == tok.eos_token_id).any() and (tokens == tok.eos_token_id).any()
+
+
+def test_generate_hf_picks_the_lean_loop_only_where_it_reproduces_generate(eos_prone_model):
+    model, _ = eos_prone_model
+    assert rollout.uses_lean_loop(model, multimodal=False)
+    assert not rollout.uses_lean_loop(model, multimodal=True)
+    model.generation_config.repetition_penalty = 1.1  # an option the lean loop does not implement
+    try:
+        assert not rollout.uses_lean_loop(model, multimodal=False)
+    finally:
+        model.generation_config.repetition_penalty = 1.0
+
+
+def test_both_samplers_give_the_same_rollouts_and_logp_matches_the_learner(eos_prone_model, problems, monkeypatch):
+    """generate_hf through the lean loop and through transformers `generate` (with the shared-prompt
+    prefill) draws identical tokens from one seed; its rollout log-probs equal a teacher-forced forward."""
+    model, tok = eos_prone_model
+    cfg = RunConfig.from_preset("grpo", group_size=K, max_len=NEW, temperature=0.8, prompt_template="none")
+    chunk = problems[::4][:5]
+    lean = rollout.generate_hf(model, tok, chunk, cfg, torch.Generator().manual_seed(5))
+    monkeypatch.setattr(rollout, "uses_lean_loop", lambda *a: False)
+    via_generate = rollout.generate_hf(model, tok, chunk, cfg, torch.Generator().manual_seed(5))
+    assert torch.equal(lean.completion_ids, via_generate.completion_ids) and lean.texts == via_generate.texts
+    assert lean.finish_reasons == via_generate.finish_reasons and "stop" in lean.finish_reasons
+    torch.testing.assert_close(lean.rollout_logp, via_generate.rollout_logp, atol=1e-6, rtol=0)
+    with torch.no_grad():
+        learner = train_mod.completion_logprobs(model, lean, torch.arange(len(lean.texts)), cfg)
+    valid = lean.completion_mask.bool()
+    torch.testing.assert_close(lean.rollout_logp[valid], learner[valid], atol=1e-5, rtol=0)
+
+
+def test_shared_prompt_learner_forward_matches_the_full_forward(problems, monkeypatch):
+    """P5: log-probs, entropy and every parameter gradient equal the plain forward's."""
+    model, tok = build_toy_model(seed=4)
+    cfg = RunConfig.from_preset("grpo", group_size=4, max_len=16, prompt_template="none")
+    ro = rollout.generate_hf(model, tok, problems[::5][:4], cfg, torch.Generator().manual_seed(0))
+    rows = torch.arange(len(ro.texts))
+    assert rollout.can_share_prompts(model, ro.prompt_ids, ro.completion_ids, 4, multimodal=False)
+    assert not rollout.can_share_prompts(model, ro.prompt_ids[1:-3], ro.completion_ids[1:-3], 4, multimodal=False)
+
+    def forward_backward():
+        model.zero_grad()
+        logp, ent = train_mod.completion_logprobs(model, ro, rows, cfg, with_entropy=True)
+        mask = ro.completion_mask.float()
+        ((logp * torch.linspace(-1, 1, len(rows))[:, None] + 0.1 * ent) * mask).sum().backward()
+        return logp.detach(), ent.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    shared = forward_backward()
+    monkeypatch.setattr(rollout, "can_share_prompts", lambda *a: False)
+    plain = forward_backward()
+    valid = ro.completion_mask.bool()
+    torch.testing.assert_close(shared[0][valid], plain[0][valid], atol=1e-5, rtol=0)
+    torch.testing.assert_close(shared[1][valid], plain[1][valid], atol=1e-5, rtol=0)
+    for name, grad in plain[2].items():
+        scale = grad.abs().max().clamp(min=1e-12)
+        assert (shared[2][name] - grad).abs().max() <= 1e-4 * scale, name
+
+
+def test_on_policy_step_takes_old_logp_from_the_learner_with_identical_metrics(tmp_path, problems, monkeypatch):
+    """P1: with one epoch and one optimizer step per batch, skipping the no-grad pass changes no metric."""
+    from eureka_kit import rewards
+
+    monkeypatch.setattr(rewards, "score_batch", lambda completions, golds, **_: [
+        dict(accuracy=float(len(c) % 2), format=0.0, total=float(len(c) % 2), timeout=0.0) for c in completions])
+    no_grad_passes = []
+    batched = train_mod.batched_logprobs
+    monkeypatch.setattr(train_mod, "batched_logprobs", lambda *a, **k: no_grad_passes.append(1) or batched(*a, **k))
+
+    def run(name):
+        model, tok = build_toy_model(seed=5)
+        cfg = RunConfig.from_preset("grpo", run_dir=str(tmp_path / name), rollout_batch_size=4, group_size=4,
+                                    train_batch_size=16, micro_batch_size=8, update_epochs=1, max_len=12,
+                                    num_steps=3, lr=1e-3, prompt_template="none")
+        return train_mod.train(cfg, policy=model, processor=tok, problems=problems, progress=False).history
+
+    one_pass = run("one_pass")
+    assert not no_grad_passes
+    monkeypatch.setattr(train_mod, "takes_old_logp_from_learner", lambda cfg, B: False)
+    two_pass = run("two_pass")
+    assert len(no_grad_passes) == 3
+    for a, b in zip(one_pass, two_pass, strict=True):
+        a, b = {k: v for k, v in a.items() if not k.startswith("perf/")}, {k: v for k, v in b.items()
+                                                                         if not k.startswith("perf/")}
+        assert a.keys() == b.keys()
+        for key in a:
+            assert a[key] == pytest.approx(b[key], rel=1e-6, abs=1e-7, nan_ok=True), key
