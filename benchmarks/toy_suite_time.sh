@@ -33,7 +33,7 @@ fi
 CACHE="${EUREKA_KIT_CACHE:-$HOME/.cache/eureka_kit}"
 KEY=$("$BIN/python" -c "from eureka_kit.toy import cache_key, SFTConfig; print(cache_key(SFTConfig(), 0))")
 if [ -d "$CACHE/base_policy/seed0-$KEY" ]; then echo "sft_cache=warm"; else echo "sft_cache=cold"; fi
-echo "machine: $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg) at start"
+echo "machine: $(nproc --all) cores (torch threads: ${OMP_NUM_THREADS:-default}), load average $(cut -d' ' -f1-3 /proc/loadavg) at start"
 START=$(date +%s.%N)
 "${CMD[@]}"
 END=$(date +%s.%N)

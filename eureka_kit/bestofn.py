@@ -1,4 +1,4 @@
-"""Best-of-N reranking with a PRM (PRM.md §4): step scores -> one solution score -> argmax of N candidates.
+"""Best-of-N reranking with a PRM (MM-PRM's released code, github.com/ModalMinds/MM-PRM): step scores -> one solution score -> argmax of N candidates.
 
 Aggregations follow MM-PRM `eval/prm/extract_calculate.py`; an empty step list scores 0. Baselines:
 random pick (its *exact* expectation, the mean label, where MM-PRM draws 5000 picks), majority vote over
@@ -48,7 +48,7 @@ AGGREGATIONS = {
 
 
 def aggregate(step_scores: list[float], how: str) -> float:
-    """One solution score from its step scores (PRM.md §4); 0.0 for an empty list.
+    """One solution score from its step scores (MM-PRM's released code, github.com/ModalMinds/MM-PRM); 0.0 for an empty list.
 
     Example: aggregate([.9, .8, .2], "sum_logit") = ln 9 + ln 4 + ln .25 = 2.1972.
     """

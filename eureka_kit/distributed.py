@@ -17,6 +17,7 @@ reinforce_pp) use each rank's own batch. Without WORLD_SIZE > 1 every function h
 
 from __future__ import annotations
 
+import atexit
 import math
 import os
 from dataclasses import dataclass
@@ -144,6 +145,9 @@ def init_world(cfg) -> tuple[World, torch.device]:
         if cuda:
             torch.cuda.set_device(device)
         dist.init_process_group("nccl" if cuda else "gloo")  # rendezvous from MASTER_ADDR/MASTER_PORT
+        # Tear the group down before interpreter exit: a live gloo group at exit can abort the process
+        # ("terminate called without an active exception") after the run itself finished.
+        atexit.register(lambda: dist.is_initialized() and dist.destroy_process_group())
     return world, device
 
 

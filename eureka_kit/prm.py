@@ -1,4 +1,4 @@
-"""The process reward model: the policy architecture reading P("Yes") at a step marker (PRM.md §3-4).
+"""The process reward model: the policy architecture reading P("Yes") at a step marker (MM-PRM's released code, github.com/ModalMinds/MM-PRM).
 
 No value head: the LM head is reused. The sequence is MM-PRM's layout, an empty user turn and an assistant
 turn `Question: {q}\\nProcess: {step}<prm>\\n\\n{step}<prm>`; the logits *at* each `<prm>` position (no shift),
@@ -11,7 +11,7 @@ old rows (MM-PRM `internvl_chat_finetune.py`); "Yes"/"No" are the *first* token 
 whole word in Qwen/InternLM vocabularies and the single chars 'Y'/'N' in the toy char tokenizer (so nothing
 else is added). The vision tower is frozen (`models.freeze_vision`). The training loop is a plain AdamW loop
 in the spirit of `toy.sft` (toy.sft_step needs the model's own next-token loss, which a PRM does not use).
-Scoring uses PRM.md §4's inference layout (markers with no "\\n\\n" after them) unless `sep` is given.
+Scoring uses MM-PRM's inference layout (markers with no "\\n\\n" after them) unless `sep` is given.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ REWARD_TOKENS = ("Yes", "No")
 
 @dataclass(frozen=True)
 class PRMTrainConfig:
-    """Defaults are MM-PRM's PRM script (PRM.md §3); `TOY_PRM` overrides them for the 0.45M toy."""
+    """Defaults are MM-PRM's PRM script (MM-PRM's released code, github.com/ModalMinds/MM-PRM); `TOY_PRM` overrides them for the 0.45M toy."""
 
     epochs: int = 3
     lr: float = 2e-6
@@ -117,7 +117,7 @@ def prm_text(processor, question: str, process: str) -> str:
 
 
 def process_for_scoring(steps: list[str], sep: str = "") -> str:
-    """PRM.md §4: '<prm>'.join(steps) + '<prm>' (sep='\\n\\n' reproduces the training layout instead)."""
+    """MM-PRM's released code (github.com/ModalMinds/MM-PRM): '<prm>'.join(steps) + '<prm>' (sep='\\n\\n' reproduces the training layout instead)."""
     return "".join(f"{s.strip()}{PRM_TAG}{sep}" for s in steps).removesuffix(sep) if steps else ""
 
 

@@ -1,4 +1,4 @@
-"""Automated step labels: OmegaPRM-style search per problem (PRM.md §2) and PRM training examples (§3).
+"""Automated step labels: OmegaPRM-style search per problem (MM-PRM's released code, github.com/ModalMinds/MM-PRM) and PRM training examples (§3).
 
 MC value of a prefix = #correct / #total over `num_rollouts` continuations of it, each judged on its final
 answer. The search pops the incorrect rollout with the highest Q+U from a pool and binary-searches it for
@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from eureka_kit.steps import format_steps, parse_steps
 
-# A rollout is MM-PRM's flat tuple of strings: steps, then the answer when it has one (PRM.md §2).
+# A rollout is MM-PRM's flat tuple of strings: steps, then the answer when it has one (MM-PRM's released code, github.com/ModalMinds/MM-PRM).
 Rollout = tuple[str, ...]
 # sampler(prefix, n) -> n judged continuations of `prefix`: (rollout, has_answer, correct)
 Sampler = Callable[[tuple[str, ...], int], list[tuple[Rollout, bool, bool]]]
@@ -40,7 +40,7 @@ Sampler = Callable[[tuple[str, ...], int], list[tuple[Rollout, bool, bool]]]
 
 @dataclass(frozen=True)
 class SearchConfig:
-    """OmegaPRM search knobs; defaults are MM-PRM's `run_data_pipeline.sh` values (PRM.md §2)."""
+    """OmegaPRM search knobs; defaults are MM-PRM's `run_data_pipeline.sh` values (MM-PRM's released code, github.com/ModalMinds/MM-PRM)."""
 
     num_rollouts: int = 16
     """continuations per Monte-Carlo estimate"""
@@ -167,7 +167,7 @@ class OmegaSearch:
 
     # -- binary search ----------------------------------------------------------------------------
     def binary_search(self, parent: Node, rollout: Rollout, has_answer: bool, lo: int, hi: int) -> None:
-        """Locate the first wrong step of `rollout` (continuing `parent`) in steps lo..hi (PRM.md §2)."""
+        """Locate the first wrong step of `rollout` (continuing `parent`) in steps lo..hi (MM-PRM's released code, github.com/ModalMinds/MM-PRM)."""
         n = len(rollout)
         while lo <= hi:
             mid = (lo + hi) // 2
@@ -260,7 +260,7 @@ def problem_seed(seed: int, problem_id: str) -> int:
 
 
 def tree_record(problem: dict, search: OmegaSearch, cfg: SearchConfig, seed: int) -> dict:
-    """The per-problem JSON (PRM.md §2 output, plus budgets used)."""
+    """The per-problem JSON (MM-PRM's released code (github.com/ModalMinds/MM-PRM) output, plus budgets used)."""
     root = search.root.to_dict()
     root.pop("partial_solution")
     return dict(id=problem["id"], question=problem["question"], answer=str(problem["answer"]),
@@ -309,7 +309,7 @@ PRM_TAG = "<prm>"
 
 
 def build_examples(tree: dict, *, threshold: float = 0.0, min_words: int = 10, seed: int = 0) -> list[dict]:
-    """Root-to-node paths with soft MC labels, balanced per tree (PRM.md §3).
+    """Root-to-node paths with soft MC labels, balanced per tree (MM-PRM's released code, github.com/ModalMinds/MM-PRM).
 
     Only trees whose root has 0 < MC < 1. A node with MC <= threshold ends a negative (no descent below it);
     a leaf with MC > 0 ends a positive. Process text: each node's steps joined by "\\n\\n", nodes separated by

@@ -1,4 +1,4 @@
-"""PRM signal inside RL (our extension; MM-PRM has none, PRM.md §5): step-level advantages and shaped rewards.
+"""PRM signal inside RL (our extension; MM-PRM has none): step-level advantages and shaped rewards.
 
 Step advantage (PRIME / step-level style), per response i of group g, token t inside step k(t):
 
@@ -148,7 +148,8 @@ class ProcessSignal:
         """P(Yes) per step of every response (answer = last step; [] when nothing parses)."""
         parsed = [parse_steps(t).rollout for t in ro.texts]
         questions = [ro.problems[i]["question"] for i in ro.problem_index.tolist()]
-        items = [(q, process_for_scoring(list(r))) for q, r in zip(questions, parsed, strict=True) if r]
+        # the training layout (markers followed by "\n\n"): the layout the PRM's labels were read in
+        items = [(q, process_for_scoring(list(r), sep="\n\n")) for q, r in zip(questions, parsed, strict=True) if r]
         scored = iter(score_processes(self.prm, self.prm_processor, items))
         return [next(scored) if r else [] for r in parsed]
 

@@ -28,6 +28,7 @@ import os
 import pickle
 import re
 import select
+import signal
 import subprocess
 import sys
 import threading
@@ -171,6 +172,9 @@ def math_verify_accuracy(answer: str, gold: str, compat: bool) -> float:
 
 def serve_stdio() -> None:
     """Worker loop on stdin/stdout: read pickled (fn, args), write pickled ("ok", result) | ("err", repr)."""
+    # Ctrl-C (or a Jupyter kernel shutting down) signals the whole process group; the worker ends when its
+    # parent closes stdin or kills it, so it ignores SIGINT instead of printing a KeyboardInterrupt traceback.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _quiet_math_verify()
     inp, out = sys.stdin.buffer, sys.stdout.buffer
     sys.stdout = sys.stderr  # stray prints must not corrupt the pickle stream

@@ -1,9 +1,15 @@
 """Rollouts: sample K completions per prompt and return one `Rollouts` record.
 
 Backends sit behind one function, `generate(backend, policy, processor, problems, cfg, generator)`:
-`hf` (transformers `generate`, batched, sampling parameters from the config, multimodal inputs through
-the processor) is implemented here; `vllm` (an offline engine in this process, fed the learner's weights after
+`hf` is implemented here; `vllm` (an offline engine in this process, fed the learner's weights after
 every update) lives in `rollout_vllm`, since vLLM is installed separately (`make test-vllm`).
+
+`hf` on CPU runs a lean sampling loop of its own (`sample_with_cache`: each prompt prefilled once for its K
+samples, then one forward per token). It draws exactly the tokens transformers `generate` draws from the
+same seed, without generate's per-token machinery, which dominates at toy-model size. Transformers
+`generate` remains the sampler on CUDA (compiled static-cache decode), for multimodal inputs and for
+generation options the loop does not implement (`uses_lean_loop`). The learner's shared-prompt forward
+(`shared_prompt_hidden`) lives here too.
 
 Layout of a record: response `i` answers problem `i // K` (groups are contiguous, as `advantages`
 expects); prompts are left-padded to a common length P, completions right-padded to T.
@@ -11,6 +17,8 @@ expects); prompts are left-padded to a common length P, completions right-padded
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import inspect
 from dataclasses import dataclass, field
 from typing import Any
@@ -150,9 +158,39 @@ def uses_lean_loop(policy, multimodal: bool) -> bool:
     return device.type == "cpu" and not multimodal and not extra
 
 
+@functools.cache
+def _forward_parameters(model_class: type) -> frozenset[str]:
+    return frozenset(inspect.signature(model_class.forward).parameters)  # ~0.3 ms: once per class, not per token
+
+
+# torch splits an elementwise CPU op across intra-op threads only above this many elements (at::internal::GRAIN_SIZE).
+TORCH_GRAIN_SIZE = 32768
+
+
+@contextlib.contextmanager
+def cpu_decode_threads(policy, rows: int):
+    """Decode on one intra-op thread when it is CPU work too small to split: each token's activations (rows x the
+    widest layer) within torch's grain size, so no elementwise op would be split anyway and the few ops that are
+    (attention over rows x heads, tiny matmuls) gain less than the barrier each adds. For the toy model's 32-row
+    decode on 2 cores, one thread is as fast as two on an idle machine and 7-14x faster when other jobs share the
+    cores (benchmarks/RESULTS.md). Bigger decodes keep torch's thread count, and the learner's forward/backward
+    (a whole sequence per row) always does."""
+    text = policy.config.get_text_config()
+    width = max(text.hidden_size, getattr(text, "intermediate_size", 0), text.vocab_size)
+    single = next(policy.parameters()).device.type == "cpu" and rows * width <= TORCH_GRAIN_SIZE
+    threads = torch.get_num_threads()
+    if single:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        if single:
+            torch.set_num_threads(threads)
+
+
 def cache_kwarg(model) -> str:
     """Name of the KV-cache argument of `model.forward` (transformers 5.x renamed `past_key_values`)."""
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    return "cache" if "cache" in _forward_parameters(type(model)) else "past_key_values"
 
 
 def prefill_shared_prompts(policy, ids: Tensor, attn: Tensor, K: int) -> tuple[Any, Tensor]:
@@ -251,16 +289,18 @@ def generate_hf(policy, processor, problems: list[dict], cfg, generator: torch.G
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     was_training = policy.training
     policy.eval()
-    if uses_lean_loop(policy, mm is not None):
-        completion, logp = sample_with_cache(
-            policy, ids.to(device), attn.to(device), K, cfg.max_len, tok.eos_token_id, pad_id, greedy=greedy,
-            temperature=cfg.temperature, top_p=cfg.top_p, min_new_tokens=policy.generation_config.min_new_tokens or 0,
-            generator=None if seed is None else torch.Generator(device).manual_seed(seed))
-        completion, logp = completion.cpu(), logp.cpu()
-    else:
-        if seed is not None:  # transformers samples from the global RNG
-            torch.manual_seed(seed)
-        completion, logp = _sample_with_transformers(policy, tok, ids, attn, mm, K, cfg, greedy, pad_id)
+    with cpu_decode_threads(policy, len(problems) * K):
+        if uses_lean_loop(policy, mm is not None):
+            completion, logp = sample_with_cache(
+                policy, ids.to(device), attn.to(device), K, cfg.max_len, tok.eos_token_id, pad_id, greedy=greedy,
+                temperature=cfg.temperature, top_p=cfg.top_p,
+                min_new_tokens=policy.generation_config.min_new_tokens or 0,
+                generator=None if seed is None else torch.Generator(device).manual_seed(seed))
+            completion, logp = completion.cpu(), logp.cpu()
+        else:
+            if seed is not None:  # transformers samples from the global RNG
+                torch.manual_seed(seed)
+            completion, logp = _sample_with_transformers(policy, tok, ids, attn, mm, K, cfg, greedy, pad_id)
     policy.train(was_training)
     ids, attn = ids.repeat_interleave(K, dim=0), attn.repeat_interleave(K, dim=0)
     is_eos = completion == tok.eos_token_id

@@ -19,6 +19,8 @@ from __future__ import annotations
 import os
 import random
 import tempfile
+import weakref
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -46,14 +48,14 @@ class Engine:
                               "in its own venv (`make test-vllm` makes one)") from e
 
         on_gpu = current_platform.is_cuda_alike()
-        self.processor, self.policy_id = processor, id(policy)
+        # A weak reference, not id(): a new model may reuse a freed model's id and would inherit its engine.
+        self.processor, self.policy = processor, weakref.ref(policy)
+        self.is_vision_language = hasattr(policy.config, "vision_config")
         self.max_model_len = max_model_len(policy, cfg)
         self.can_sleep = current_platform.is_sleep_mode_available()
         dtype = "bfloat16" if cfg.bf16 and on_gpu else "float32"
         memory = dict(gpu_memory_utilization=GPU_MEMORY_FRACTION) if on_gpu else dict(kv_cache_memory_bytes=CPU_KV_CACHE_BYTES)
-        # vLLM reseeds Python, NumPy and torch's global RNGs at start-up: keep the learner's streams as they were.
-        py_state, np_state = random.getstate(), np.random.get_state()
-        with tempfile.TemporaryDirectory() as folder, torch.random.fork_rng():
+        with tempfile.TemporaryDirectory() as folder, untouched_global_rngs():
             policy.save_pretrained(folder)
             processor.save_pretrained(folder)  # only the image processor config is read (multimodal models)
             self.llm = LLM(
@@ -61,10 +63,10 @@ class Engine:
                 skip_tokenizer_init=True, seed=cfg.seed, enable_sleep_mode=self.can_sleep,
                 # Log-probs after temperature / top-p, as the learner computes old_logp at the sampling temperature.
                 logprobs_mode="processed_logprobs",
-                enforce_eager=not on_gpu, **memory,
+                # On CPU, a chunked prefill makes vLLM 0.32 rewind the request's seeded generator, which a CPU
+                # generator cannot do (RuntimeError "CPU Generator does not use offset"): prefill prompts whole.
+                enable_chunked_prefill=on_gpu, enforce_eager=not on_gpu, **memory,
             )
-        random.setstate(py_state)
-        np.random.set_state(np_state)
         self.asleep = False
 
     def load_weights(self, policy) -> None:
@@ -102,7 +104,8 @@ class Engine:
             prompts.append(prompt)
         # Like generate_hf: sampling is seeded from our generator (the global torch RNG when None).
         base_seed = int(torch.randint(0, 2**30, (1,), generator=generator))
-        banned = rollout.placeholder_token_ids(tok) if cfg.multimodal else []
+        # As in generate_hf: a sampled image placeholder would desynchronise the learner's image features.
+        banned = rollout.placeholder_token_ids(tok) if self.is_vision_language else []
         common = dict(max_tokens=cfg.max_len, logprobs=0, stop_token_ids=[tok.eos_token_id], detokenize=False,
                       logit_bias={t: float("-inf") for t in banned} or None)
         if greedy:  # vLLM allows n=1 only for greedy decoding: repeat the prompt instead
@@ -113,7 +116,8 @@ class Engine:
             params = [SamplingParams(n=K, temperature=cfg.temperature, top_p=cfg.top_p, seed=base_seed + i * K, **common)
                       for i in range(len(prompts))]
         self.wake_up()
-        outputs = self.llm.generate(prompts, params, use_tqdm=False)
+        with untouched_global_rngs():
+            outputs = self.llm.generate(prompts, params, use_tqdm=False)
         self.sleep()
         samples = [c for out in outputs for c in sorted(out.outputs, key=lambda c: c.index)]  # row i -> problem i // K
         return to_rollouts(samples, ids.repeat_interleave(K, dim=0), attn.repeat_interleave(K, dim=0),
@@ -126,7 +130,8 @@ def to_rollouts(samples, prompt_ids, prompt_mask, mm_rows, problems: list[dict],
     A stop token ends a completion and stays in it (and in its mask), as in generate_hf.
     """
     T = max(1, max(len(s.token_ids) for s in samples))
-    completion = torch.full((len(samples), T), tok.pad_token_id, dtype=torch.long)
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    completion = torch.full((len(samples), T), pad_id, dtype=torch.long)
     logp = torch.zeros((len(samples), T), dtype=torch.float32)
     mask = torch.zeros((len(samples), T), dtype=torch.long)
     for i, s in enumerate(samples):
@@ -144,6 +149,19 @@ def to_rollouts(samples, prompt_ids, prompt_mask, mm_rows, problems: list[dict],
     )
 
 
+@contextmanager
+def untouched_global_rngs():
+    """Restore Python's, NumPy's and torch's global RNG states on exit: vLLM reseeds them when it starts and
+    its sampler draws from torch's, and the learner's streams (shuffles, resume) must not notice."""
+    py_state, np_state = random.getstate(), np.random.get_state()
+    try:
+        with torch.random.fork_rng():
+            yield
+    finally:
+        random.setstate(py_state)
+        np.random.set_state(np_state)
+
+
 def max_model_len(policy, cfg) -> int:
     """Prompt + completion budget, within the model's context."""
     text_config = getattr(policy.config, "text_config", policy.config)
@@ -156,7 +174,7 @@ _engine: Engine | None = None  # one engine per process: it holds the KV cache (
 def engine_for(policy, processor, cfg) -> Engine:
     """The process's engine for `policy`, built on first use; a different policy or context length replaces it."""
     global _engine
-    if _engine is not None and (_engine.policy_id, _engine.max_model_len) != (id(policy), max_model_len(policy, cfg)):
+    if _engine is not None and (_engine.policy() is not policy or _engine.max_model_len != max_model_len(policy, cfg)):
         shutdown()
     if _engine is None:
         _engine = Engine(policy, processor, cfg)
@@ -177,7 +195,7 @@ def generate_vllm(policy, processor, problems: list[dict], cfg, generator: torch
 @torch.no_grad()
 def sync_weights(policy) -> None:
     """Push `policy`'s weights into its engine (train() calls this after its optimizer steps); no engine, no-op."""
-    if _engine is not None and _engine.policy_id == id(policy):
+    if _engine is not None and _engine.policy() is policy:
         _engine.load_weights(policy)
 
 

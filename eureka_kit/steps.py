@@ -1,4 +1,4 @@
-"""Step-form solutions: `<step>…</step>…<answer>…</answer>`, the format MM-PRM's policy emits (PRM.md §1-2).
+"""Step-form solutions: `<step>…</step>…<answer>…</answer>`, the format MM-PRM's policy emits (MM-PRM's released code, github.com/ModalMinds/MM-PRM).
 
 * `to_step_solution(problem)`: a toy-world row's worked `<think>a op b=c,…</think><answer>n</answer>`
   solution rewritten as one `<step>` per operation (multi-op levels get 2+ steps; the multimodal `x=7`

@@ -5,9 +5,9 @@
     reports/index.html                    every report and notebook run: parameters, status, findings, links
 
 SUITE is data: notebook name -> report-sized parameters, chosen so the whole `make report` fits in 10 minutes
-on a 2-core CPU (timings in benchmarks/RESULTS.md). A new notebook joins the suite with one entry. A notebook
-already finished with the same parameters is skipped, so re-running resumes; a failed one keeps its executed
-notebook (with the error cell) and shows as failed in the index.
+on a 2-core CPU (benchmarks/toy_suite_time.sh measures it). A new notebook joins the suite with one entry.
+A notebook already finished with the same parameters is skipped, so re-running resumes; a failed one keeps its
+executed notebook (with the error cell) and shows as failed in the index.
 """
 
 from __future__ import annotations
@@ -20,22 +20,26 @@ from typing import Any
 NOTEBOOKS_DIR = Path(__file__).resolve().parents[1] / "notebooks"
 RUN_KEY = "report"
 
-# Shorter than the notebooks' own defaults (40 steps, 8x8 responses, 16 problems per level) so that the six
-# notebooks together take about five of the ten minutes; the questions and arms are the same.
+# Shorter than the notebooks' own defaults (40 steps, 16 problems per level, ...) with the same questions, arms,
+# seeds and off-policy pressure. The whole suite (toy-world report + these) took 277 CPU-seconds on one torch
+# thread with a warm base-policy cache, i.e. about 5 of the 10 minutes; a cold cache adds the ~1 min SFT build.
 SUITE: dict[str, dict[str, Any]] = {
     "00_tour": dict(num_steps=12),
-    "10_kl_removal": dict(num_steps=12, seeds="0,1", eval_per_level=2, eval_samples=4),
-    "11_clipping": dict(num_steps=10, eval_per_level=2, eval_samples=4),
+    "10_kl_removal": dict(num_steps=20, seeds="0,1", eval_per_level=2, eval_samples=4),
+    "11_clipping": dict(num_steps=15, eval_per_level=2, eval_samples=4),
     "12_solved_vs_never_solved": dict(num_steps=20, train_per_level=4, eval_samples=8),
     "13_rl_vs_sft_generalization": dict(num_steps=15, train_per_level=8, sft_steps=30, eval_per_level=2,
                                         eval_samples=4),
+    "14_process_rewards": dict(policy_steps=300, label_per_level=10, num_rollouts=8, max_searches=10,
+                               rollout_budget=64, prm_epochs=3, test_per_level=4, rl_steps=6, rl_batch=4),
     "20_ratio_explorer": dict(),
 }
 
 
 def build_suite(out: str | Path = "reports", *, notebooks: list[str] | None = None, toy: bool = True,
-                toy_kwargs: dict[str, Any] | None = None, force: bool = False, suite: dict | None = None,
-                notebooks_dir: str | Path = NOTEBOOKS_DIR, progress: bool = True) -> list[dict[str, Any]]:
+                toy_kwargs: dict[str, Any] | None = None, force: bool = False,
+                suite: dict[str, dict[str, Any]] | None = None, notebooks_dir: str | Path = NOTEBOOKS_DIR,
+                progress: bool = True) -> list[dict[str, Any]]:
     """Build the toy-world report (unless `toy` is False), run each notebook of `suite` (default SUITE; only
     `notebooks` if given), write `out/index.html`, print the elapsed time. Returns the notebook runs' statuses.
 

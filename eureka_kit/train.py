@@ -101,12 +101,13 @@ def completion_logprobs(policy, ro: Rollouts, rows: Tensor, cfg: RunConfig, *, w
     )
 
 
-def takes_old_logp_from_learner(cfg: RunConfig, B: int) -> bool:
-    """True when a step of B responses is exactly on-policy: one epoch and one optimizer step over the whole
-    batch, so every micro-batch's learner forward runs the weights that sampled the rollouts. Its detached
-    log-probs and entropy are then old_logp and the logged entropy (ratio = 1), and the separate no-grad
-    pass (`batched_logprobs`, ~12% of a CPU step) is skipped -- as TRL does with num_iterations=1."""
-    return cfg.update_epochs == 1 and cfg.train_batch_size >= B
+def takes_old_logp_from_learner(cfg: RunConfig, B: int, world_size: int = 1) -> bool:
+    """True when this rank's step of B responses is exactly on-policy: one epoch and one optimizer step over
+    the whole batch (a rank's minibatch is train_batch_size / world_size), so every micro-batch's learner
+    forward runs the weights that sampled the rollouts. Its detached log-probs and entropy are then old_logp
+    and the logged entropy (ratio = 1), and the separate no-grad pass (`batched_logprobs`, ~12% of a CPU
+    step) is skipped -- as TRL does with num_iterations=1."""
+    return cfg.update_epochs == 1 and cfg.train_batch_size // world_size >= B
 
 
 @torch.no_grad()
@@ -329,7 +330,7 @@ def train(cfg: RunConfig, *, policy=None, processor=None, problems: list[dict] |
             adv, process_metrics = process.apply(ro, scored, adv, mask, tokenizer_of(processor))
             metrics.update(process_metrics)
 
-        on_policy = takes_old_logp_from_learner(cfg, B)
+        on_policy = takes_old_logp_from_learner(cfg, B, world.size)
         if on_policy:  # filled micro-batch by micro-batch from the learner forward below
             old_logp, entropy = torch.zeros(mask.shape), torch.zeros(mask.shape)
         else:
@@ -337,6 +338,7 @@ def train(cfg: RunConfig, *, policy=None, processor=None, problems: list[dict] |
         ref_logp = batched_logprobs(ref_policy, ro, cfg) if ref_policy is not None else None
         new_logp = old_logp.clone()
         step_stats, grad_norms, skipped, nonfinite = [], [], 0, 0
+        epoch_logps = []  # the learner's log-probs as each update epoch saw them (ratio drift per epoch)
         for _epoch in range(cfg.update_epochs):
             # Shuffle whole groups, so every minibatch holds complete groups (group-token-mean needs them).
             K = cfg.group_size if B % cfg.group_size == 0 else 1
@@ -372,6 +374,8 @@ def train(cfg: RunConfig, *, policy=None, processor=None, problems: list[dict] |
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
+            if cfg.update_epochs > 1:
+                epoch_logps.append(new_logp.clone())
         if cfg.rollout_backend == "vllm":  # the engine samples the next rollout: hand it the updated weights
             sync_vllm_weights(policy)
 
@@ -401,7 +405,7 @@ def train(cfg: RunConfig, *, policy=None, processor=None, problems: list[dict] |
         run_dir.log_metrics(metrics)
         run.history.append(metrics)
         run_dir.write_rollouts(step, _rollout_rows(step, ro, scored, adv, old_logp, new_logp, entropy, mask,
-                                                  processor, cfg.group_size))
+                                                  processor, cfg.group_size, epoch_logps))
         run_dir.log_warnings(diagnostics.step_warnings(run.history, run_dir.rollouts))  # collapse sentinels
         run_dir.add_problem_attempts(step, [ro.problems[i]["id"] for i in ro.problem_index.tolist()],
                                      [ro.problems[i].get("subject", "math") for i in ro.problem_index.tolist()],
@@ -420,6 +424,7 @@ def train(cfg: RunConfig, *, policy=None, processor=None, problems: list[dict] |
             checkpoint(step)
     if start < cfg.num_steps:
         checkpoint(cfg.num_steps - 1)
+    world.barrier()  # no rank exits (tearing down its gloo/nccl threads) while rank 0 still writes
     return run
 
 
@@ -496,8 +501,9 @@ def _as_tuple(x):
 
 
 def _rollout_rows(step, ro: Rollouts, scored, adv, old_logp, new_logp, entropy, mask, processor,
-                  group_size: int) -> list[dict[str, Any]]:
-    """One parquet row per response, per-token arrays trimmed to the response length."""
+                  group_size: int, epoch_logps: list[Tensor] = ()) -> list[dict[str, Any]]:
+    """One parquet row per response, per-token arrays trimmed to the response length. With several update
+    epochs, `epoch_logp` holds the learner's log-probs in each epoch (its last entry equals `new_logp`)."""
     rows = []
     for i in range(len(ro.texts)):
         n = int(ro.completion_mask[i].sum())
@@ -512,5 +518,6 @@ def _rollout_rows(step, ro: Rollouts, scored, adv, old_logp, new_logp, entropy, 
             "tokens": tokenizer_of(processor).convert_ids_to_tokens(ro.completion_ids[i, :n].tolist()),
             "rollout_logp": ro.rollout_logp[i, :n].tolist(), "old_logp": old_logp[i, :n].tolist(),
             "new_logp": new_logp[i, :n].tolist(), "entropy": entropy[i, :n].tolist(), "loss_mask": mask[i, :n].tolist(),
+            **({"epoch_logp": [e[i, :n].tolist() for e in epoch_logps]} if epoch_logps else {}),
         })
     return rows

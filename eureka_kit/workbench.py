@@ -101,16 +101,39 @@ def arm_table(hist: dict[str, pd.DataFrame], keys: dict[str, str], *, last_frac:
     return pd.DataFrame(out)
 
 
-def token_log_ratios(run: RunDir, steps: list[int] | None = None) -> pd.DataFrame:
-    """Long table of every valid token's log-ratio (new - old) over saved steps: step, sample, log_ratio, adv."""
+def token_log_ratios(run: RunDir, steps: list[int] | None = None, *, by_epoch: bool = False) -> pd.DataFrame:
+    """Long table of every valid token's log-ratio (new - old) over saved steps: step, sample, log_ratio, adv.
+
+    `by_epoch`: one row per token and update epoch (column `epoch`, 1-based), from the rollouts' `epoch_logp`
+    (saved when a run has several update epochs; a one-epoch run gives epoch 1 = its last epoch)."""
     frames = []
     for step in steps if steps is not None else run.rollout_steps():
         df = run.rollouts(step)
         for r in df.itertuples():
-            lr = np.asarray(r.new_logp) - np.asarray(r.old_logp)
             m = np.asarray(r.loss_mask) > 0
-            frames.append(pd.DataFrame({"step": step, "sample": r.sample, "log_ratio": lr[m], "adv": r.advantage}))
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["step", "sample", "log_ratio", "adv"])
+            old = np.asarray(r.old_logp)
+            saved = getattr(r, "epoch_logp", None)  # an array of per-epoch arrays when present
+            per_epoch = list(saved) if by_epoch and saved is not None else []
+            for epoch, logp in enumerate(per_epoch or [r.new_logp], start=1):
+                lr = (np.asarray(logp) - old)[m]
+                frames.append(pd.DataFrame({"step": step, "sample": r.sample, "log_ratio": lr, "adv": r.advantage,
+                                            **({"epoch": epoch} if by_epoch else {})}))
+    columns = ["step", "sample", "log_ratio", "adv"] + (["epoch"] if by_epoch else [])
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
+
+
+def log_ratio_by_epoch(tables: dict[str, pd.DataFrame]) -> go.Figure:
+    """Box plots of per-token log-ratios per update epoch (x) and arm (colour): how far each epoch drifts
+    from the sampling policy. Tables come from `token_log_ratios(..., by_epoch=True)`."""
+    from eureka_kit.viz import color_for
+
+    fig, names = go.Figure(), list(tables)
+    for name, t in tables.items():
+        fig.add_box(x=t.epoch.astype(str), y=t.log_ratio, name=name, boxpoints=False,
+                    marker_color=color_for(name, names))
+    fig.update_layout(boxmode="group", height=340, margin=dict(t=30, b=30), xaxis_title="update epoch",
+                      yaxis_title="log-ratio new - old", legend=dict(orientation="h", y=1.12))
+    return fig
 
 
 def config_diff(configs: dict[str, RunConfig]) -> pd.DataFrame:

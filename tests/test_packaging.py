@@ -51,4 +51,6 @@ def test_ci_runs_exactly_the_readme_test_command():
     ci = (ROOT / ".ci" / "run").read_text()
     assert "make test" in readme and "make report" in readme
     commands = [line.strip() for line in ci.splitlines() if line.strip() and not line.strip().startswith("#")]
-    assert commands[-1] == "make test"
+    # The README's test command runs, and the only other make target is the vLLM backend's own venv.
+    make_commands = [c for c in commands if c.startswith("make ")]
+    assert make_commands == ["make test", "make test-vllm"]

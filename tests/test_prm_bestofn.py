@@ -1,4 +1,4 @@
-"""Best-of-N aggregations (PRM.md §6.5 by hand) and the evaluation table."""
+"""Best-of-N aggregations (MM-PRM's released code, by hand) and the evaluation table."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""OmegaPRM search and example building: hand-checked numbers of PRM.md §6."""
+"""OmegaPRM search and example building: hand-checked numbers from MM-PRM's released code"""
 
 import itertools
 import json

@@ -1,4 +1,4 @@
-"""PRM head/loss (PRM.md §6.6-7 numbers), marker alignment, a tiny training run and scoring."""
+"""PRM head/loss (MM-PRM's released code, numbers), marker alignment, a tiny training run and scoring."""
 
 import math
 

@@ -361,13 +361,14 @@ def test_training_on_a_local_mmk12_folder_gets_a_list_of_rows(tmp_path):
 
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 # One bad value per notebook, covering the three ways a parameter goes wrong: out of range, unknown preset
-# name, wrong type. A notebook not listed gets a negative num_steps.
+# name, wrong type. A new notebook needs an entry (the test says so before starting a kernel).
 BAD_PARAMETER = {
     "00_tour": ("lr", "fast", "must be a number > 0"),
     "10_kl_removal": ("arms", "grpo,ppo", f"unknown item(s) ['ppo']; allowed: {', '.join(PRESETS)}"),
     "11_clipping": ("num_steps", -1, "must be a positive integer"),
     "12_solved_vs_never_solved": ("preset", "ppo", f"must be one of {', '.join(PRESETS)}"),
     "13_rl_vs_sft_generalization": ("group_size", 2.5, "must be a positive integer"),
+    "14_process_rewards": ("label_levels", "1,two", "must be a list of integers"),
     "20_ratio_explorer": ("replay_preset", "cpgd2", f"must be one of {', '.join(PRESETS)}"),
 }
 
@@ -394,16 +395,28 @@ def test_every_notebook_parameter_has_a_validation_rule(path):
     assert _parameter_names(book.cells[params].source) <= ruled, "parameters without a rule"
 
 
+def test_run_root_must_be_a_folder_path():
+    from eureka_kit import notebook_params as P
+
+    assert P.output_dir("run_root", "runs/notebooks") == "runs/notebooks"
+    for bad in (5, "", "  ", None):
+        with pytest.raises(P.NotebookParameterError, match="parameter 'run_root': must be a non-empty folder path"):
+            P.output_dir("run_root", bad)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_a_bad_notebook_parameter_fails_in_the_validation_cell_before_any_training(path, tmp_path):
     nbformat = pytest.importorskip("nbformat")
     pm = pytest.importorskip("papermill")
-    name, bad, allowed = BAD_PARAMETER.get(path.stem, ("num_steps", -1, "must be a positive integer"))
+    assert path.stem in BAD_PARAMETER, f"add a bad value for one of {path.name}'s parameters to BAD_PARAMETER"
+    name, bad, allowed = BAD_PARAMETER[path.stem]
+    book = nbformat.read(path, as_version=4)
+    assert name in _parameter_names(book.cells[_parameters_and_validation_cells(book)[0]].source)
     out, runs = tmp_path / "out.ipynb", tmp_path / "runs"
-    with pytest.raises(pm.PapermillExecutionError) as failed:
+    with pytest.raises(pm.PapermillExecutionError) as failed:  # the timeout bounds a validation that lets it through
         pm.execute_notebook(str(path), str(out), parameters={name: bad, "run_root": str(runs)}, kernel_name="python3",
-                            progress_bar=False, cwd=str(tmp_path))
+                            progress_bar=False, cwd=str(tmp_path), execution_timeout=300)
     assert failed.value.ename == "NotebookParameterError"
     assert f"parameter {name!r}: {allowed}" in failed.value.evalue and repr(bad) in failed.value.evalue
 
@@ -481,3 +494,20 @@ def test_package_never_evals_and_torch_load_is_weights_only():
                 offenders.append(f"{path}:{call.lineno}: torch.load without weights_only=True")
     assert torch_loads >= 1  # the scan sees the resume path's torch.load
     assert not offenders, offenders
+
+
+def test_papermill_parameters_are_injected_as_values_never_code():
+    """What `eureka-kit sweep` passes through papermill becomes literal assignments, whatever the text holds."""
+    translators = pytest.importorskip("papermill.translators")
+    hostile = {"a": '"""; import os; os.system("touch pwned"); """', "b": "1\n__import__('os').getcwd()",
+               "c": "'); exec('1') #", "d": {"k": [1, 2.5, None, True, "x\"y"]}, "e": float("nan"), "f": -3}
+    code = translators.translate_parameters("python3", "python", hostile, comment="Parameters")
+    statements = ast.parse(code).body
+    assert len(statements) == len(hostile)
+    for node in statements:
+        assert isinstance(node, ast.Assign) and len(node.targets) == 1, ast.dump(node)
+        name = node.targets[0].id
+        if name == "e":  # NaN has no literal: papermill writes float('nan'), a call on a constant
+            assert ast.unparse(node.value) == "float('nan')"
+            continue
+        assert ast.literal_eval(node.value) == hostile[name]

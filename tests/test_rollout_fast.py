@@ -192,7 +192,9 @@ def test_on_policy_step_takes_old_logp_from_the_learner_with_identical_metrics(t
 
     one_pass = run("one_pass")
     assert not no_grad_passes
-    monkeypatch.setattr(train_mod, "takes_old_logp_from_learner", lambda cfg, B: False)
+    # two ranks of 16 responses with train_batch_size 16 make two optimizer steps each: not on-policy
+    assert not train_mod.takes_old_logp_from_learner(RunConfig(train_batch_size=16), 16, world_size=2)
+    monkeypatch.setattr(train_mod, "takes_old_logp_from_learner", lambda *a, **k: False)
     two_pass = run("two_pass")
     assert len(no_grad_passes) == 3
     for a, b in zip(one_pass, two_pass, strict=True):
@@ -201,3 +203,19 @@ def test_on_policy_step_takes_old_logp_from_the_learner_with_identical_metrics(t
         assert a.keys() == b.keys()
         for key in a:
             assert a[key] == pytest.approx(b[key], rel=1e-6, abs=1e-7, nan_ok=True), key
+
+
+def test_small_cpu_decodes_run_on_one_thread_and_restore_the_setting(monkeypatch):
+    model, _ = build_toy_model(seed=0)  # widest layer: intermediate 256
+    before = torch.get_num_threads()
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)  # as if torch ran 2 threads
+    calls = []
+    monkeypatch.setattr(torch, "set_num_threads", calls.append)
+    with rollout.cpu_decode_threads(model, rows=rollout.TORCH_GRAIN_SIZE // 256):
+        assert calls == [1]
+    assert calls == [1, 2]
+    with rollout.cpu_decode_threads(model, rows=rollout.TORCH_GRAIN_SIZE // 256 + 1):
+        pass
+    assert calls == [1, 2]  # too big to stay single-threaded: untouched
+    monkeypatch.undo()
+    assert torch.get_num_threads() == before

@@ -151,6 +151,25 @@ def test_train_logs_each_warning_with_the_rows_of_its_step_that_hold_the_tail(tm
         assert w.samples[0]["completion"] == ro.completion[picked[0]][: diagnostics.COMPLETION_CHARS]
 
 
+def test_a_resumed_run_logs_each_warning_once_and_the_same_as_before(tmp_path, problems, parity_reward, monkeypatch):
+    import shutil
+
+    monkeypatch.setitem(diagnostics.SENTINEL_DEFAULTS, "ratio_max", 1.0)
+    cfg = dict(run_dir=str(tmp_path / "r"), update_epochs=2, num_steps=3, save_every=1, **SMALL)
+    model, tok = build_toy_model(seed=0)
+    train(RunConfig.from_preset("grpo", **cfg), policy=model, processor=tok, problems=problems, progress=False)
+    before = open_run(tmp_path / "r").warnings()
+    assert before.step.tolist() == [0, 1, 2]
+    shutil.rmtree(tmp_path / "r" / "checkpoints" / "step_000002")  # as if killed before step 2's checkpoint
+    model, tok = build_toy_model(seed=99)
+    train(RunConfig.from_preset("grpo", resume=True, **cfg), policy=model, processor=tok, problems=problems,
+          progress=False)
+    after = open_run(tmp_path / "r").warnings()
+    assert after.step.tolist() == [0, 1, 2]  # step 2's warning dropped by the resume, then logged again
+    assert after.value.tolist() == pytest.approx(before.value.tolist(), rel=1e-5)
+    assert [[s["sample"] for s in w] for w in after.samples] == [[s["sample"] for s in w] for w in before.samples]
+
+
 def test_nan_steps_are_logged_as_warnings_before_the_run_stops(tmp_path, problems, parity_reward, monkeypatch):
     import eureka_kit.losses as losses_module
 

@@ -79,7 +79,8 @@ def test_sigkilled_sweep_reruns_only_the_interrupted_point_and_duplicates_nothin
     os.killpg(first.pid, signal.SIGKILL)
     first.wait(timeout=30)
     first.stdout.close()
-    # Jupyter starts each kernel in a session of its own, so the group kill leaves point 3's kernel orphaned.
+    # Jupyter starts each kernel in a session of its own, so the group kill orphans point 3's kernel (ipykernel
+    # notices its parent is gone within seconds and exits; killing it here keeps it from finishing the cell).
     killed_kernel = int((pid_dir / "3.pid").read_text())
     _kill_pid(killed_kernel)
 

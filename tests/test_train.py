@@ -74,6 +74,20 @@ def test_train_updates_parameters_and_writes_the_run_directory(tmp_path, problem
     state = json.loads((rd.checkpoints()[-1] / "state.json").read_text())
     assert state["step"] == 1
 
+    # Per-epoch snapshots: one per update epoch, the last is new_logp; epoch 1 already moved (8 of 16 responses
+    # per minibatch: the second minibatch of epoch 1 sees the weights after the first optimizer step).
+    import numpy as np
+
+    from eureka_kit.workbench import token_log_ratios
+
+    epochs = [np.asarray(e) for e in row.epoch_logp]
+    assert len(epochs) == 2 and np.array_equal(epochs[-1], np.asarray(row.new_logp))
+    by_epoch = token_log_ratios(rd, by_epoch=True)
+    assert sorted(by_epoch.epoch.unique()) == [1, 2]
+    assert (by_epoch[by_epoch.epoch == 1].log_ratio.abs() > 0).any()
+    last = token_log_ratios(rd)
+    assert np.allclose(np.sort(by_epoch[by_epoch.epoch == 2].log_ratio), np.sort(last.log_ratio))
+
 
 def test_rollout_logprobs_match_the_learner(tmp_path, problems):
     """Left padding, temperature and the chunked head must agree with generate's own sampling scores."""

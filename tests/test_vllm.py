@@ -8,6 +8,9 @@ it: both finish reasons occur.
 
 from __future__ import annotations
 
+import random
+
+import numpy as np
 import pytest
 import torch
 
@@ -101,7 +104,8 @@ def test_a_rollout_larger_than_one_scheduler_step(policy, problems):
     run (on CPU, vLLM's chunked prefill rewinds seeded generators, which CPU generators cannot do)."""
     model, tok = policy
     cfg = RunConfig(**{**SMALL, "rollout_batch_size": 16, "group_size": 8})
-    ro = rollout.generate(model, tok, problems[:16], cfg, torch.Generator().manual_seed(4))
+    wordy = [dict(p, question="Think step by step. " * 2 + p["question"]) for p in problems[:16]]
+    ro = rollout.generate(model, tok, wordy, cfg, torch.Generator().manual_seed(4))
     budget = rollout_vllm._engine.llm.llm_engine.vllm_config.scheduler_config.max_num_batched_tokens
     assert int(ro.prompt_mask.sum()) > budget
     assert len(ro.texts) == 128
@@ -169,3 +173,21 @@ def test_train_two_steps_with_the_vllm_backend(policy, problems, tmp_path, monke
         assert torch.isfinite(torch.tensor(step["reward/mean"]))
     ro = rollout.generate(model, tok, problems[:4], RunConfig(**SMALL), torch.Generator().manual_seed(3))
     assert masked_max_diff(engine_logprobs(ro), batched_logprobs(model, ro, cfg), ro.completion_mask) < LOGP_ATOL
+
+
+def test_another_policy_gets_its_own_engine_and_the_build_leaves_global_rngs_alone(policy, problems):
+    """vLLM reseeds the global RNGs when it starts; the learner's streams must not notice. (Runs last: it
+    replaces the module's engine.)"""
+    model, tok = policy
+    cfg = RunConfig(**SMALL)
+    first = rollout_vllm.engine_for(model, tok, cfg)
+    other, _ = build_toy_model(seed=1)
+    torch.manual_seed(123)
+    random.seed(123)
+    np.random.seed(123)
+    torch_state, py_state, np_state = torch.get_rng_state(), random.getstate(), np.random.get_state()[1].copy()
+    ro = rollout.generate(other, tok, problems[:4], cfg, torch.Generator().manual_seed(0))
+    assert rollout_vllm._engine is not first and rollout_vllm._engine.policy() is other
+    assert torch.equal(torch.get_rng_state(), torch_state) and random.getstate() == py_state
+    assert (np.random.get_state()[1] == np_state).all()
+    assert masked_max_diff(ro.rollout_logp, batched_logprobs(other, ro, cfg), ro.completion_mask) < LOGP_ATOL

@@ -304,8 +304,9 @@ cap for $A<0$), `cpgd` (log-ratio clip + drift), `pgd` (no clip + drift). Same s
 off-policy pressure. We look at the distribution of per-token ratios the learner actually saw, clip
 fractions by side, stability and accuracy.
 
-The run directory keeps the learner's log-probs of the *last* update epoch of each step, so the distributions
-below are per step at the last epoch (not separately per epoch).
+The first two figures pool every token at the *last* update epoch of each step; the third splits the tokens by
+update epoch (the run directory keeps the learner's log-probs of every epoch), so one sees how far each further
+pass over the same rollout drifts from the sampling policy.
 """),
     ("params", params('arms: str = "pg,cpg,grpo,grpo_dual_clip,cpgd,pgd"  # presets\nseed: int = 0\n'
                       'eval_per_level: int = 4  # test problems per level (math)\neval_samples: int = 4',
@@ -332,6 +333,9 @@ W.log_ratio_histograms(ratios)
 '''),
     ("code", '''
 W.log_ratio_histograms(ratios, ratio=True)
+'''),
+    ("code", '''
+W.log_ratio_by_epoch({arm: W.token_log_ratios(run.dir, by_epoch=True) for arm, run in runs.items()})
 '''),
     ("code", '''
 for arm, s in evals.items():
@@ -366,6 +370,10 @@ if {"pg", "cpg"} <= set(t.index):
 if {"grpo", "cpg"} <= set(t.index):
     lines.append("- " + W.compare("cpg", t.loc["cpg", "test accuracy"], "grpo", t.loc["grpo", "test accuracy"],
                                    what="log-ratio clip vs ratio clip, test accuracy"))
+drift = {arm: W.token_log_ratios(run.dir, by_epoch=True).assign(a=lambda d: d.log_ratio.abs()).groupby("epoch").a.mean()
+         for arm, run in runs.items()}
+lines.append("- Mean |log-ratio| per update epoch (drift from the sampling policy): " + "; ".join(
+    f"{arm} " + " -> ".join(f"{v:.3f}" for v in d.tolist()) for arm, d in drift.items()) + ".")
 lines.append("- One seed only: treat differences of a few points as noise.")
 W.show_markdown("\\n".join(lines))
 '''),
@@ -612,12 +620,12 @@ enter CPGD as per-token advantages (`process_mode="step_advantage"`, `process_ad
     ("params", '''seed: int = 0
 policy_steps: int = 700  # step-form SFT steps of the labelled policy (StepPolicyConfig; cached)
 label_levels: str = "1,2,3,4"  # toy-world levels of the math train problems to label
-label_per_level: int = 12  # math train problems per level to label
+label_per_level: int = 60  # math train problems per level to label
 num_rollouts: int = 16  # continuations per Monte-Carlo value
 max_searches: int = 20  # binary searches per problem
 rollout_budget: int = 160  # rollouts per problem (never exceeded)
 max_len: int = 128  # max tokens of a continuation / candidate
-prm_epochs: int = 3  # PRM training epochs
+prm_epochs: int = 5  # PRM training epochs
 test_per_level: int = 16  # math test problems per level for best-of-N
 bon_n: int = 16  # candidates per test problem (N = 1, 2, 4, ... up to this)
 rl_steps: int = 20  # RL steps per arm (with and without process signal)
@@ -642,11 +650,12 @@ params = P.validate(
     dict(seed=seed, policy_steps=policy_steps, label_levels=label_levels, label_per_level=label_per_level,
          num_rollouts=num_rollouts, max_searches=max_searches, rollout_budget=rollout_budget, max_len=max_len,
          prm_epochs=prm_epochs, test_per_level=test_per_level, bon_n=bon_n, rl_steps=rl_steps, rl_batch=rl_batch,
-         process_weight=process_weight, lr=lr, progress=progress),
+         process_weight=process_weight, lr=lr, run_root=run_root, progress=progress),
     seed=P.non_negative_int, policy_steps=P.positive_int, label_levels=P.int_list, label_per_level=P.positive_int,
     num_rollouts=P.positive_int, max_searches=P.positive_int, rollout_budget=P.positive_int, max_len=P.positive_int,
     prm_epochs=P.positive_int, test_per_level=P.positive_int, bon_n=P.positive_int, rl_steps=P.positive_int,
-    rl_batch=P.positive_int, process_weight=P.positive_float, lr=P.positive_float, progress=P.boolean)
+    rl_batch=P.positive_int, process_weight=P.positive_float, lr=P.positive_float, run_root=P.output_dir,
+    progress=P.boolean)
 if params["bon_n"] & (params["bon_n"] - 1) or params["rollout_budget"] < params["num_rollouts"]:
     raise P.NotebookParameterError(f"parameter 'bon_n'/'rollout_budget': bon_n must be a power of two and "
                                    f"rollout_budget >= num_rollouts, got {bon_n!r}/{rollout_budget!r}")
@@ -724,7 +733,9 @@ fig
     ("md", "## 3. Best-of-N on the math test split"),
     ("code", '''
 test = toyworld.load("test", "math", seed=seed, n_per_level=test_per_level)
-records = bestofn.collect_candidates(policy, tok, prm_model, prm_tok, test, run_cfg, n=bon_n, seed=seed + 1)
+# sep="\\n\\n": score in the layout the PRM was trained in (MM-PRM scores without it)
+records = bestofn.collect_candidates(policy, tok, prm_model, prm_tok, test, run_cfg, n=bon_n, seed=seed + 1,
+                                     sep="\\n\\n")
 ns = tuple(2 ** k for k in range(bon_n.bit_length()) if 2 ** k <= bon_n)
 bon = bestofn.bon_table(records, ns)
 bestofn.plot_bon(bon)
