@@ -91,7 +91,7 @@ def test_sft_lowers_the_loss_on_toy_data_and_writes_the_run_directory(tmp_path, 
     assert final.name == f"step_{SMALL['num_steps'] - 1:06d}" and (final / "model.safetensors").exists()
 
 
-def test_sft_resume_equals_the_uninterrupted_run(tmp_path, problems, monkeypatch):
+def test_sft_resume_equals_the_uninterrupted_run(tmp_path, problems, crash_on_call):
     import eureka_kit.sft as sft_module
 
     settings = {**SMALL, "num_steps": 4, "save_every": 2}
@@ -99,20 +99,12 @@ def test_sft_resume_equals_the_uninterrupted_run(tmp_path, problems, monkeypatch
     full = sft(RunConfig.from_preset("sft", run_dir=str(tmp_path / "a"), **settings), policy=model, processor=tok,
                problems=problems, progress=False)
 
-    real_batch, calls = sft_module.reference_batch, {"n": 0}
-
-    def crashing_batch(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 4:
-            raise KeyboardInterrupt("simulated kill during step 3")
-        return real_batch(*args, **kwargs)
-
-    monkeypatch.setattr(sft_module, "reference_batch", crashing_batch)
+    restore = crash_on_call(sft_module, "reference_batch", 4)  # a kill during step 3
     model, tok = build_toy_model(seed=5)
     with pytest.raises(KeyboardInterrupt):
         sft(RunConfig.from_preset("sft", run_dir=str(tmp_path / "b"), **settings), policy=model, processor=tok,
             problems=problems, progress=False)
-    monkeypatch.setattr(sft_module, "reference_batch", real_batch)
+    restore()
 
     model, tok = build_toy_model(seed=99)  # another init: the checkpoint must overwrite it
     resumed = sft(RunConfig.from_preset("sft", run_dir=str(tmp_path / "b"), resume=True, **settings), policy=model,

@@ -88,7 +88,7 @@ def test_two_stages_log_stage_and_kl_and_use_a_reference_only_in_stage_two(tmp_p
     assert rd.config()["config"]["stages"] == [dict(s) for s in TWO_STAGES]
 
 
-def test_resume_inside_stage_two_equals_the_uninterrupted_run(tmp_path, problems, monkeypatch):
+def test_resume_inside_stage_two_equals_the_uninterrupted_run(tmp_path, problems, crash_on_call):
     """Kill in step 4, resume from the step-2 checkpoint (inside stage 2): the reference comes back from the
     stage-boundary checkpoint and the metrics equal the uninterrupted run's."""
     import eureka_kit.train as train_module
@@ -99,20 +99,12 @@ def test_resume_inside_stage_two_equals_the_uninterrupted_run(tmp_path, problems
     full = train(RunConfig.from_preset("grpo", run_dir=str(tmp_path / "a"), **settings), policy=model,
                  processor=tok, problems=problems, progress=False)
 
-    real_collect, calls = train_module.collect_batch, {"n": 0}
-
-    def crashing_collect(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 5:
-            raise KeyboardInterrupt("simulated kill during step 4")
-        return real_collect(*args, **kwargs)
-
-    monkeypatch.setattr(train_module, "collect_batch", crashing_collect)
+    restore = crash_on_call(train_module, "collect_batch", 5)  # a kill during step 4
     model, tok = build_toy_model(seed=4)
     with pytest.raises(KeyboardInterrupt):
         train(RunConfig.from_preset("grpo", run_dir=str(tmp_path / "b"), **settings), policy=model, processor=tok,
               problems=problems, progress=False)
-    monkeypatch.setattr(train_module, "collect_batch", real_collect)
+    restore()
     assert [c.name for c in open_run(tmp_path / "b").checkpoints()] == ["step_000001", "step_000002"]
 
     model, tok = build_toy_model(seed=99)  # another init: checkpoints must overwrite policy and reference

@@ -153,7 +153,7 @@ def test_all_groups_filtered_skips_the_update(tmp_path, problems, monkeypatch):
     assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
 
 
-def test_resume_after_a_crash_reproduces_the_uninterrupted_run(tmp_path, problems, monkeypatch):
+def test_resume_after_a_crash_reproduces_the_uninterrupted_run(tmp_path, problems, crash_on_call):
     """Crash in step 3, resume from the step-1 checkpoint: metrics equal the uninterrupted run's."""
     import eureka_kit.train as train_module
 
@@ -162,21 +162,13 @@ def test_resume_after_a_crash_reproduces_the_uninterrupted_run(tmp_path, problem
     full = train(RunConfig.from_preset("grpo", run_dir=str(tmp_path / "a"), **settings), policy=model,
                  processor=tok, problems=problems, progress=False)
 
-    real_collect, calls = train_module.collect_batch, {"n": 0}
-
-    def crashing_collect(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 4:
-            raise KeyboardInterrupt("simulated kill during step 3")
-        return real_collect(*args, **kwargs)
-
-    monkeypatch.setattr(train_module, "collect_batch", crashing_collect)
+    restore = crash_on_call(train_module, "collect_batch", 4)  # a kill during step 3
     cfg = RunConfig.from_preset("grpo", run_dir=str(tmp_path / "b"), **settings)
     model, tok = build_toy_model(seed=4)
     with pytest.raises(KeyboardInterrupt):
         train(cfg, policy=model, processor=tok, problems=problems, progress=False)
     assert len(open_run(tmp_path / "b").metrics()) == 3  # steps 0-2 logged, checkpoint at step 1
-    monkeypatch.setattr(train_module, "collect_batch", real_collect)
+    restore()
 
     model, tok = build_toy_model(seed=99)  # different init: the checkpoint must overwrite it
     resumed = train(RunConfig.from_preset("grpo", run_dir=str(tmp_path / "b"), resume=True, **settings),
