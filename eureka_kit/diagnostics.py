@@ -132,12 +132,13 @@ def step_warnings(history: list[dict[str, float]], rollouts_of: Callable[[int], 
 def offending_samples(kind: str, rows: list[dict], top_k: int = 3) -> list[dict[str, object]]:
     """The `top_k` responses of one step (rollouts parquet rows) that show a warning of `kind` best.
 
-    ratio_tail: the largest |log ratio| (new_logp - old_logp over loss tokens, as saved: the last update epoch);
+    ratio_tail: the largest |log ratio| (logp - old_logp over loss tokens, in any update epoch when the run saved
+    `epoch_logp`, else the last epoch's new_logp);
     entropy_slope: the lowest mean token entropy; length_collapse: the shortest responses; format_divergence:
     well formatted but wrong (format > 0, accuracy 0), in sample order; nonfinite_steps: responses holding a
     NaN/Inf log-prob, advantage or reward first, then the largest |log ratio|.
     Each sample: its row (`sample`), reward, accuracy, format, length, max_log_ratio (signed, the token with the
-    largest |log ratio|) and that `token`, entropy_mean, and the completion (first COMPLETION_CHARS characters).
+    largest |log ratio|) and that `token` and its update `epoch` (None with one epoch), entropy_mean, and the completion (first COMPLETION_CHARS characters).
     """
     summaries = [(_sample_summary(position, row), _all_finite(row)) for position, row in enumerate(rows)]
     rank = {
@@ -154,9 +155,16 @@ def offending_samples(kind: str, rows: list[dict], top_k: int = 3) -> list[dict[
 
 def _sample_summary(position: int, row: dict) -> dict[str, object]:
     keep = np.asarray(row.get("loss_mask", []), dtype=float) > 0
-    new, old = np.asarray(row.get("new_logp", []), dtype=float), np.asarray(row.get("old_logp", []), dtype=float)
-    delta = (new - old)[keep] if len(new) == len(old) == len(keep) else np.zeros(0)
-    at = None if np.isnan(delta).all() else int(np.nanargmax(np.abs(delta)))  # all() of nothing is True
+    old = np.asarray(row.get("old_logp", []), dtype=float)
+    # Every update epoch's log-probs when saved (`epoch_logp`), else the last epoch's: the token whose |log ratio|
+    # is largest in any epoch, since policy/ratio_max is the maximum over all of them.
+    saved = row.get("epoch_logp")
+    epochs = [np.asarray(e, dtype=float) for e in (saved if saved is not None and len(saved) else [row.get("new_logp", [])])]
+    deltas = np.stack([(e - old)[keep] if len(e) == len(old) == len(keep) else np.full(int(keep.sum()), np.nan)
+                       for e in epochs]) if len(keep) else np.zeros((1, 0))
+    flat = None if np.isnan(deltas).all() else int(np.nanargmax(np.abs(deltas)))  # all() of nothing is True
+    epoch, at = (None, None) if flat is None else divmod(flat, deltas.shape[1])
+    delta = deltas[epoch] if epoch is not None else np.zeros(0)
     tokens = list(row.get("tokens", []))
     entropy = np.asarray(row.get("entropy", []), dtype=float)
     return {
@@ -166,6 +174,7 @@ def _sample_summary(position: int, row: dict) -> dict[str, object]:
         "format": float(row.get("format", math.nan)),
         "length": len(row.get("token_ids", [])),
         "max_log_ratio": 0.0 if at is None else float(delta[at]),
+        "epoch": None if epoch is None else (epoch + 1 if len(epochs) > 1 else None),  # 1-based, when saved per epoch
         "token": str(np.asarray(tokens, dtype=object)[keep][at]) if at is not None and len(tokens) == len(keep) else "",
         "entropy_mean": float(entropy[keep].mean()) if len(entropy) == len(keep) and keep.any() else math.nan,
         "completion": str(row.get("completion", ""))[:COMPLETION_CHARS],

@@ -61,6 +61,19 @@ def test_each_kind_points_at_the_samples_that_show_it():
     assert quoted["sample"] == 3 and quoted["completion"] == "x" * diagnostics.COMPLETION_CHARS
 
 
+def test_ratio_tail_sample_points_at_the_epoch_and_token_with_the_largest_log_ratio():
+    """With per-epoch log-probs saved, the tail token is the largest |log ratio| over every epoch: here epoch 1's
+    token 0 (+2.0) beats epoch 2's largest (token 1, -1.5), although epoch 2 is the saved new_logp."""
+    row = dict(sample=0, reward=1.0, accuracy=1.0, format=0.5, token_ids=[5, 6, 7], tokens=["a", "b", "c"],
+               loss_mask=[1.0, 1.0, 1.0], old_logp=[-1.0, -1.0, -1.0], entropy=[0.1, 0.2, 0.3],
+               new_logp=[-1.2, -2.5, -1.0], epoch_logp=[[1.0, -1.1, -1.0], [-1.2, -2.5, -1.0]], completion="abc")
+    (summary,) = diagnostics.offending_samples("ratio_tail", [row], top_k=1)
+    assert (summary["epoch"], summary["token"], summary["max_log_ratio"]) == (1, "a", pytest.approx(2.0))
+    del row["epoch_logp"]  # one epoch saved: the last epoch's largest, no epoch reported
+    (summary,) = diagnostics.offending_samples("ratio_tail", [row], top_k=1)
+    assert (summary["epoch"], summary["token"], summary["max_log_ratio"]) == (None, "b", pytest.approx(-1.5))
+
+
 def test_nonfinite_steps_point_at_samples_holding_nan_first():
     rows = _rows()
     rows[3]["new_logp"] = [-1.0, math.nan, -1.0, -1.0]
