@@ -33,6 +33,7 @@ from eureka_kit.train import (
     _lr_lambda,
     _restore,
     _trainer_state,
+    completion_hidden,
     load_problems,
     seed_everything,
 )
@@ -89,24 +90,7 @@ def sft_loss(logp: Tensor, mask: Tensor, num_tokens: float | None = None) -> Ten
 def _teacher_forced(policy, batch: Rollouts, rows: Tensor, cfg: RunConfig) -> tuple[Tensor, Tensor]:
     """(logp, hits) of completion rows `rows`: log-probs (b, T) of the reference tokens at temperature 1 and
     whether each is the greedy choice (b, T) bool. One backbone pass over prompt + completion."""
-    device = next(policy.parameters()).device
-    prompt_ids, completion_ids = batch.prompt_ids[rows], batch.completion_ids[rows]
-    input_ids = torch.cat([prompt_ids, completion_ids], dim=1).to(device)
-    attention = torch.cat([batch.prompt_mask[rows], batch.completion_mask[rows]], dim=1).to(device)
-    kwargs: dict[str, Tensor] = {}
-    if batch.mm_inputs is not None:
-        kwargs = {k: v.to(device) for k, v in rollout.merge_mm([batch.mm_inputs[i] for i in rows.tolist()]).items()}
-    if not hasattr(policy.config, "vision_config"):  # left-padded prompts: count real tokens (as the learner does)
-        kwargs["position_ids"] = (attention.cumsum(dim=1) - 1).clamp(min=0)
-    bf16 = cfg.bf16 and device.type == "cuda"
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-        hidden = policy.model(input_ids=input_ids, attention_mask=attention, use_cache=False, **kwargs).last_hidden_state
-    hidden = hidden[:, prompt_ids.shape[1] - 1 : -1]  # position t predicts completion token t
-    head = policy.get_output_embeddings()
-    weight, bias = head.weight, getattr(head, "bias", None)
-    if bf16:
-        hidden, weight, bias = hidden.bfloat16(), weight.bfloat16(), None if bias is None else bias.bfloat16()
-    targets = completion_ids.to(device)
+    hidden, weight, bias, targets = completion_hidden(policy, batch, rows, cfg)
     logp = ops.token_logprobs_from_hidden(hidden, weight, targets, chunk_size=cfg.logprob_chunk_size, bias=bias)
     with torch.no_grad():  # greedy predictions, chunked like the log-probs
         flat = hidden.detach().reshape(-1, hidden.shape[-1])

@@ -62,12 +62,12 @@ class Run:
 # Log-probs of completions under a policy.
 
 
-def completion_logprobs(policy, ro: Rollouts, rows: Tensor, cfg: RunConfig, *, with_entropy: bool = False):
-    """Per-token log-probs (at the sampling temperature) of `ro`'s completions `rows` under `policy`.
+def completion_hidden(policy, ro: Rollouts, rows: Tensor, cfg: RunConfig):
+    """The learner's final hidden states at the positions that predict `ro`'s completion tokens `rows`.
 
-    Runs the backbone once over prompt + completion and projects only the completion positions, chunked
-    (never a [B, T, V] fp32 tensor). When the rows are whole groups sharing a prompt, each prompt runs once
-    (`rollout.shared_prompt_hidden`). Returns logp [b, T] fp32 (and entropy [b, T] when asked).
+    Runs the backbone once over prompt + completion; when the rows are whole groups sharing a prompt, each prompt
+    runs once (`rollout.shared_prompt_hidden`). Returns (hidden [b, T, H], head weight, head bias or None,
+    targets [b, T]) on the policy's device, in bf16 when `cfg.bf16` on CUDA, ready for `ops`' chunked head.
     """
     device = next(policy.parameters()).device
     prompt_ids, prompt_mask = ro.prompt_ids[rows], ro.prompt_mask[rows]
@@ -95,10 +95,18 @@ def completion_logprobs(policy, ro: Rollouts, rows: Tensor, cfg: RunConfig, *, w
         # Autocast leaves the final hidden state in fp32; run the head matmuls in bf16 (softmax stays fp32 in ops).
         hidden, weight = hidden.to(torch.bfloat16), weight.to(torch.bfloat16)
         bias = None if bias is None else bias.to(torch.bfloat16)
-    return ops.token_logprobs_from_hidden(
-        hidden, weight, completion_ids.to(device), chunk_size=cfg.logprob_chunk_size,
-        bias=bias, temperature=cfg.temperature, return_entropy=with_entropy,
-    )
+    return hidden, weight, bias, completion_ids.to(device)
+
+
+def completion_logprobs(policy, ro: Rollouts, rows: Tensor, cfg: RunConfig, *, with_entropy: bool = False):
+    """Per-token log-probs (at the sampling temperature) of `ro`'s completions `rows` under `policy`.
+
+    Projects only the completion positions (`completion_hidden`), chunked: never a [B, T, V] fp32 tensor.
+    Returns logp [b, T] fp32 (and entropy [b, T] when asked).
+    """
+    hidden, weight, bias, targets = completion_hidden(policy, ro, rows, cfg)
+    return ops.token_logprobs_from_hidden(hidden, weight, targets, chunk_size=cfg.logprob_chunk_size, bias=bias,
+                                          temperature=cfg.temperature, return_entropy=with_entropy)
 
 
 def takes_old_logp_from_learner(cfg: RunConfig, B: int, world_size: int = 1) -> bool:

@@ -15,6 +15,8 @@ import pytest
 nbformat = pytest.importorskip("nbformat")
 pm = pytest.importorskip("papermill")
 
+from nbfactory import write_notebook  # noqa: E402
+
 from eureka_kit import notebook_params as P  # noqa: E402
 from eureka_kit import sweep  # noqa: E402
 
@@ -89,20 +91,13 @@ def test_rl_settings_rejects_batches_that_split_groups():
 
 
 def _tiny_notebook(path: Path) -> Path:
-    book = nbformat.v4.new_notebook()
-    params = nbformat.v4.new_code_cell("x = 1\nfail = False")
-    params.metadata["tags"] = ["parameters"]
-    book.cells = [
-        params,
-        nbformat.v4.new_code_cell("from eureka_kit import notebook_params as P\n"
-                                  "P.validate(dict(x=x), x=P.positive_int)\n"
-                                  "if fail:\n    raise RuntimeError('asked to fail')"),
-        nbformat.v4.new_code_cell("import plotly.graph_objects as go\ngo.Figure(go.Bar(x=[1, 2], y=[x, 2 * x]))"),
-        nbformat.v4.new_code_cell("from IPython.display import Markdown\nMarkdown(f'**What this shows**: x = {x}')"),
-    ]
-    book.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nbformat.write(book, path)
-    return path
+    return write_notebook(
+        path, "x = 1\nfail = False",
+        "from eureka_kit import notebook_params as P\n"
+        "P.validate(dict(x=x), x=P.positive_int)\n"
+        "if fail:\n    raise RuntimeError('asked to fail')",
+        "import plotly.graph_objects as go\ngo.Figure(go.Bar(x=[1, 2], y=[x, 2 * x]))",
+        "from IPython.display import Markdown\nMarkdown(f'**What this shows**: x = {x}')")
 
 
 def test_grid_parsing_and_keys():

@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 import plotly.graph_objects as go
 import pytest
+from nbfactory import write_notebook
 
 from eureka_kit.report import _findings_html, figure_div, html_page, write_plotly_js
 from eureka_kit.sweep import notebook_errors, read_status
@@ -55,22 +56,15 @@ def tiny_notebook(path: Path) -> Path:
     """Parameters x, fail; an equation; two plotly figures; a progress bar and a widget; a computed 'What this
     shows'."""
     nbformat = pytest.importorskip("nbformat")
-    book = nbformat.v4.new_notebook()
-    params = nbformat.v4.new_code_cell("x = 1\nfail = False")
-    params.metadata["tags"] = ["parameters"]
-    book.cells = [
-        params,
+    return write_notebook(
+        path, "x = 1\nfail = False",
         nbformat.v4.new_markdown_cell(r"The surrogate: $$\mathcal{L} = -\frac{1}{N}\sum_i A_i \rho_i$$"),
-        nbformat.v4.new_code_cell("if fail:\n    raise RuntimeError('asked to fail')"),
-        nbformat.v4.new_code_cell("import plotly.graph_objects as go\ngo.Figure(go.Bar(x=[1, 2], y=[x, 2 * x]))"),
-        nbformat.v4.new_code_cell("go.Figure(go.Scatter(x=[1, 2, 3], y=[x, 0, x]))"),
-        nbformat.v4.new_code_cell("from tqdm.auto import tqdm\nfor _ in tqdm(range(2), desc='loading weights'):\n"
-                                  "    pass\nimport ipywidgets\nipywidgets.IntSlider(value=x)"),
-        nbformat.v4.new_code_cell("from IPython.display import Markdown\nMarkdown(f'**What this shows**: x = {x}')"),
-    ]
-    book.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nbformat.write(book, path)
-    return path
+        "if fail:\n    raise RuntimeError('asked to fail')",
+        "import plotly.graph_objects as go\ngo.Figure(go.Bar(x=[1, 2], y=[x, 2 * x]))",
+        "go.Figure(go.Scatter(x=[1, 2, 3], y=[x, 0, x]))",
+        "from tqdm.auto import tqdm\nfor _ in tqdm(range(2), desc='loading weights'):\n"
+        "    pass\nimport ipywidgets\nipywidgets.IntSlider(value=x)",
+        "from IPython.display import Markdown\nMarkdown(f'**What this shows**: x = {x}')")
 
 
 TINY_SUITE = {"tiny": {"x": 2}, "tiny_fails": {"x": 1, "fail": True}}

@@ -14,8 +14,10 @@ from pathlib import Path
 
 import pytest
 
-nbformat = pytest.importorskip("nbformat")
+pytest.importorskip("nbformat")
 pytest.importorskip("papermill")
+
+from nbfactory import write_notebook  # noqa: E402
 
 from eureka_kit import sweep  # noqa: E402
 
@@ -27,18 +29,11 @@ KILLED = "x=3"
 def _sleepy_notebook(path: Path) -> Path:
     """Each point writes its kernel's pid to `pid_dir/<x>.pid` (so the test knows the kernel is mid-cell and can
     reap it after the kill), sleeps, then shows a 'What this shows' line."""
-    book = nbformat.v4.new_notebook()
-    params = nbformat.v4.new_code_cell('x = 1\nsleep_s = 0.0\npid_dir = ""')
-    params.metadata["tags"] = ["parameters"]
-    book.cells = [
-        params,
-        nbformat.v4.new_code_cell("import os, time\nfrom pathlib import Path\n"
-                                  "Path(pid_dir, f'{x}.pid').write_text(str(os.getpid()))\ntime.sleep(sleep_s)"),
-        nbformat.v4.new_code_cell("from IPython.display import Markdown\nMarkdown(f'**What this shows**: x = {x}')"),
-    ]
-    book.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nbformat.write(book, path)
-    return path
+    return write_notebook(
+        path, 'x = 1\nsleep_s = 0.0\npid_dir = ""',
+        "import os, time\nfrom pathlib import Path\n"
+        "Path(pid_dir, f'{x}.pid').write_text(str(os.getpid()))\ntime.sleep(sleep_s)",
+        "from IPython.display import Markdown\nMarkdown(f'**What this shows**: x = {x}')")
 
 
 def _command(nb: Path, out: Path, pid_dir: Path) -> list[str]:
