@@ -26,7 +26,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from eureka_kit.config import ESTIMATORS, GROUP_ESTIMATORS, ConfigError
+from eureka_kit.config import ESTIMATORS, GROUP_ESTIMATORS, ConfigError, RunConfig
 
 WHITEN_VAR_FLOOR = 1e-8
 
@@ -191,3 +191,13 @@ def adora_weights(
     down = correct.any(dim=1) & (longest_correct <= mean_wrong)
     per_group = torch.where(down, torch.full_like(longest_correct, lam), torch.ones_like(longest_correct))
     return per_group.repeat_interleave(group_size)
+
+
+def for_config(rewards: Tensor, lengths: Tensor, cfg: RunConfig) -> Tensor:
+    """(B,) advantages of (B,) rewards with the config's estimator, whitening and CPGD clip-filter-like weight:
+    what `train()` feeds the loss (before any process signal)."""
+    adv = compute(rewards, cfg.group_size, cfg.advantage_estimator, std_eps=cfg.std_eps, lengths=lengths,
+                  whiten=cfg.whiten_advantages)
+    if cfg.adv_weight == "clip_filter_like":
+        adv = adv * clip_filter_like_weights(rewards, cfg.group_size, cfg.adv_weight_cap)
+    return adv

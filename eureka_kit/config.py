@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 # ---------------------------------------------------------------------------------------------
@@ -302,7 +303,7 @@ class RunConfig:
     seed: int = 0
     """seed of data order, sampling and init"""
     run_dir: str | None = None
-    """where the run directory goes (None = runs/<preset>-<seed>)"""
+    """where the run directory goes (None = runs/<preset>-seed<seed>, see `run_path`)"""
     save_every: int = 0
     """checkpoint every N steps (0 = only at the end)"""
     resume: bool = False
@@ -346,6 +347,10 @@ class RunConfig:
             return self
         overrides = {k: v for k, v in self.stages[index].items() if k != "num_steps"}
         return dataclasses.replace(self, stages=(), **overrides)
+
+    def run_path(self) -> Path:
+        """The run directory: `run_dir`, or runs/<preset>-seed<seed> when it is None."""
+        return Path(self.run_dir or f"runs/{self.preset}-seed{self.seed}")
 
     def algorithm(self) -> dict[str, Any]:
         """The algorithm slots of this config (what `losses.policy_loss` takes as overrides)."""

@@ -98,7 +98,7 @@ def launch(cfg: RunConfig, gpus: int = 1, nproc: int | None = None) -> Launch:
     nproc = nproc or gpus
     if torch.cuda.is_available() and nproc > torch.cuda.device_count():
         raise ValueError(f"launch: {nproc} processes but {torch.cuda.device_count()} GPUs (one process per GPU)")
-    path = Path(cfg.run_dir or f"runs/{cfg.preset}-seed{cfg.seed}")  # train()'s default
+    path = cfg.run_path()
     if not cfg.resume:
         shutil.rmtree(path, ignore_errors=True)  # never follow an earlier run's metrics
     files = Path(f"{path}.launch")

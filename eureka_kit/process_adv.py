@@ -104,15 +104,6 @@ def token_step_index(tok, completion_ids: Tensor, mask: Tensor) -> tuple[Tensor,
     return out, counts
 
 
-def outcome_advantages(rewards: Tensor, lengths: Tensor, cfg: RunConfig) -> Tensor:
-    """(B,) advantages of (B,) rewards with the config's estimator and CPGD weight, as `train()` computes them."""
-    adv = advantages.compute(rewards, cfg.group_size, cfg.advantage_estimator, std_eps=cfg.std_eps,
-                             lengths=lengths, whiten=cfg.whiten_advantages)
-    if cfg.adv_weight == "clip_filter_like":
-        adv = adv * advantages.clip_filter_like_weights(rewards, cfg.group_size, cfg.adv_weight_cap)
-    return adv
-
-
 def pad_scores(step_scores: list[list[float]]) -> tuple[Tensor, Tensor]:
     """Ragged step scores -> ((B, S) float, zero-padded; (B, S) bool step mask), S >= 1."""
     S = max([len(s) for s in step_scores] + [1])
@@ -174,7 +165,7 @@ class ProcessSignal:
         if cfg.process_mode == "shaped_reward":
             shaped = shaped_rewards(scored["total"], step_scores, cfg.process_weight, cfg.prm_aggregation)
             metrics["process/shaped_reward_mean"] = shaped.mean().item()
-            return outcome_advantages(shaped, ro.lengths.float(), cfg), metrics
+            return advantages.for_config(shaped, ro.lengths.float(), cfg), metrics
         token_step, counts = token_step_index(tokenizer, ro.completion_ids, ro.completion_mask)
         # A step the tokens do not show (a rare decode mismatch) is dropped rather than misaligned.
         step_scores = [s[:c] for s, c in zip(step_scores, counts, strict=True)]

@@ -16,7 +16,6 @@ alone in the same tags so the format reward sees no difference. The toy base pol
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -122,7 +121,7 @@ def sft(cfg: RunConfig, *, policy=None, processor=None, problems: list[dict] | N
                                   fused=device.type == "cuda")
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg, cfg.num_steps))
 
-    run_path = Path(cfg.run_dir or f"runs/{cfg.preset}-seed{cfg.seed}")
+    run_path = cfg.run_path()
     run = Run(cfg=cfg, path=run_path, policy=policy, processor=processor)
     start = 0
     if cfg.resume and RunDir(run_path).checkpoints():

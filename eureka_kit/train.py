@@ -290,7 +290,7 @@ def train(cfg: RunConfig, *, policy=None, processor=None, problems: list[dict] |
     opt_steps_per_rollout = cfg.update_epochs * math.ceil(batch / cfg.train_batch_size)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg, cfg.num_steps * opt_steps_per_rollout))
 
-    run_path = Path(cfg.run_dir or f"runs/{cfg.preset}-seed{cfg.seed}")
+    run_path = cfg.run_path()
     run = Run(cfg=cfg, path=run_path, policy=policy, processor=processor)
     start = 0
     if cfg.resume and world.run_dir(run_path).checkpoints():
@@ -330,10 +330,7 @@ def train(cfg: RunConfig, *, policy=None, processor=None, problems: list[dict] |
         if cfg.mask_truncated:
             mask = filters.truncation_mask(ro.truncated, mask)
         lengths = ro.lengths.float()
-        adv = advantages.compute(scored["total"], cfg.group_size, cfg.advantage_estimator, std_eps=cfg.std_eps,
-                                 lengths=lengths, whiten=cfg.whiten_advantages)
-        if cfg.adv_weight == "clip_filter_like":
-            adv = adv * advantages.clip_filter_like_weights(scored["total"], cfg.group_size, cfg.adv_weight_cap)
+        adv = advantages.for_config(scored["total"], lengths, cfg)
         if process is not None:  # outcome + process: (B, T) step advantages, or those of a PRM-shaped reward
             adv, process_metrics = process.apply(ro, scored, adv, mask, tokenizer_of(processor))
             metrics.update(process_metrics)
