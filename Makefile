@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 # Torch on CPU: keep the pinned CPU wheel; everything else comes from the package extras.
 TORCH_PIN := torch==2.13.0
 
-.PHONY: setup report selfcheck test test-fast test-vllm lint clean
+.PHONY: setup report selfcheck test test-fast test-vllm test-deepspeed lint clean
 
 setup: $(VENV)/.installed
 
@@ -50,6 +50,22 @@ $(VLLM_VENV)/.installed: pyproject.toml
 # Only the vLLM tests' file: the rest of the suite needs the notebooks extra, which this venv leaves out.
 test-vllm: $(VLLM_VENV)/.installed
 	HF_HUB_OFFLINE=1 $(VLLM_VENV)/bin/python -m pytest -q -m vllm tests/test_vllm.py
+
+# DeepSpeed ZeRO tests, for real on CPU (gloo, 2 processes). DeepSpeed's sdist builds its ops just in time;
+# DS_BUILD_OPS=0 and no build isolation keep pip from fetching a second (CUDA) torch for the build.
+DS_VENV := .venv-deepspeed
+DS_PIN  := deepspeed==0.19.8
+
+$(DS_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(DS_VENV)
+	$(DS_VENV)/bin/python -m pip install -q --upgrade pip setuptools wheel
+	$(DS_VENV)/bin/python -m pip install -q $(TORCH_PIN)
+	$(DS_VENV)/bin/python -m pip install -q -e '.[dev]' $(TORCH_PIN)
+	DS_BUILD_OPS=0 $(DS_VENV)/bin/python -m pip install -q --no-build-isolation $(DS_PIN)
+	touch $@
+
+test-deepspeed: $(DS_VENV)/.installed
+	$(DS_VENV)/bin/python -m pytest -q -m deepspeed tests/test_deepspeed.py
 
 lint: setup
 	$(BIN)/ruff check eureka_kit tests benchmarks

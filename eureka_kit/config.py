@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -289,6 +289,12 @@ class RunConfig:
     """recompute activations in backward"""
     logprob_chunk_size: int = 1024
     """rows per chunk in chunked log-probs (memory vs speed)"""
+    zero_stage: int = 0
+    """learner: 0 = plain torch (data parallel under torchrun) | 2 | 3 = DeepSpeed ZeRO stage (optimizer states
+    and gradients partitioned over the processes; 3: parameters too). Needs deepspeed; see learner.py"""
+    deepspeed_overrides: dict[str, Any] = field(default_factory=dict)
+    """entries merged over the DeepSpeed config train() builds (learner.deepspeed_config), e.g.
+    {"zero_optimization": {"stage3_param_persistence_threshold": 100000}}"""
 
     # --- stages and supervised fine-tuning ------------------------------------------------
     stages: tuple[dict[str, Any], ...] = ()
@@ -382,6 +388,14 @@ class RunConfig:
         _choice("prompt_template", self.prompt_template, PROMPT_TEMPLATES)
         _choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
         _choice("task", self.task, ("toyworld", "mmk12"))
+        _choice("zero_stage", self.zero_stage, (0, 2, 3))
+        if not isinstance(self.deepspeed_overrides, dict):
+            raise ConfigError(f"deepspeed_overrides: expected a dict of DeepSpeed config entries, "
+                              f"got {self.deepspeed_overrides!r}")
+        if self.zero_stage == 3 and any(dict(st).get("kl_coef", self.kl_coef) > 0 for st in self.stages[1:]):
+            # the reference is a copy of the policy made before DeepSpeed partitions it (learner.py)
+            raise ConfigError("stages: a reference KL that starts after the first stage is not supported with "
+                              "zero_stage=3; use zero_stage=2")
         _choice("process_mode", self.process_mode, PROCESS_MODES)
         _choice("prm_aggregation", self.prm_aggregation, PRM_AGGREGATIONS)
         for name in ("eps_low", "eps_high", "std_eps", "adv_weight_cap", "cispo_cap", "drift_clip",
@@ -463,7 +477,7 @@ def field_docs() -> dict[str, str]:
 
 def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
-        raise ConfigError(f"{name}: unknown value {value!r}; allowed: {', '.join(allowed)}")
+        raise ConfigError(f"{name}: unknown value {value!r}; allowed: {', '.join(map(str, allowed))}")
 
 
 __all__ = ["RunConfig", "PRESETS", "SFT_PRESETS", "ConfigError", "preset_choices", "field_names", "field_docs",

@@ -23,13 +23,14 @@ from tqdm import tqdm
 
 from eureka_kit import ops, rollout
 from eureka_kit.config import RunConfig
+from eureka_kit.distributed import SINGLE_PROCESS
+from eureka_kit.learner import TorchLearner
 from eureka_kit.models import tokenizer_of
 from eureka_kit.rollout import Rollouts
 from eureka_kit.runs import RunDir
 from eureka_kit.train import (
     ProblemStream,
     Run,
-    _lr_lambda,
     _restore,
     _trainer_state,
     completion_hidden,
@@ -116,23 +117,21 @@ def sft(cfg: RunConfig, *, policy=None, processor=None, problems: list[dict] | N
     stream = ProblemStream(problems if problems is not None else load_problems(cfg, subject=cfg.train_subject),
                            cfg.seed)
 
-    params = [p for p in policy.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.adam_betas, weight_decay=cfg.weight_decay,
-                                  fused=device.type == "cuda")
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg, cfg.num_steps))
+    learner = TorchLearner(policy, cfg, SINGLE_PROCESS, cfg.num_steps, device)  # AdamW + the lr schedule
 
     run_path = cfg.run_path()
     run = Run(cfg=cfg, path=run_path, policy=policy, processor=processor)
     start = 0
     if cfg.resume and RunDir(run_path).checkpoints():
         run_dir = RunDir(run_path)
-        start = _restore(run_dir, policy, optimizer, scheduler, stream, gen) + 1
+        start = _restore(run_dir, learner, stream, gen) + 1
         run.history = run_dir.metrics().to_dict("records")
     else:
         run_dir = RunDir(run_path).create(cfg.to_dict())
 
     def checkpoint(step: int) -> None:
-        run_dir.save_checkpoint(step, policy, optimizer, _trainer_state(scheduler, stream, gen), processor=processor)
+        run_dir.save_checkpoint(step, policy, state={**learner.state(), **_trainer_state(stream, gen)},
+                                processor=processor)
 
     bad_steps = 0
     bar = tqdm(range(start, cfg.num_steps), desc=f"{cfg.preset}", disable=not progress, dynamic_ncols=False,
@@ -142,24 +141,20 @@ def sft(cfg: RunConfig, *, policy=None, processor=None, problems: list[dict] | N
         batch = reference_batch(processor, stream.take(cfg.train_batch_size), cfg)
         mask = batch.completion_mask.float()  # (B, T)
         num_tokens = mask.sum().item()
-        loss_sum, hits = 0.0, 0.0
+        loss_sum, hits, nonfinite = 0.0, 0.0, 0
         for micro in torch.arange(len(batch.texts)).split(cfg.micro_batch_size):
             logp, greedy = _teacher_forced(policy, batch, micro, cfg)
             micro_mask = mask[micro].to(logp.device)
             loss = sft_loss(logp, micro_mask, num_tokens)  # micro-batch share of the batch's token mean
-            loss.backward()
+            nonfinite += not learner.backward(loss)
             loss_sum += loss.item()
             hits += (greedy.float() * micro_mask).sum().item()
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-        skipped = not torch.isfinite(grad_norm)
-        if not skipped:  # never step on NaN/Inf
-            optimizer.step()
-            scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        grad_norm = learner.step(nonfinite)  # None: a NaN/Inf gradient, the step was skipped
+        skipped = grad_norm is None
         dt = time.perf_counter() - t0
         metrics = {"step": step, "loss/sft": loss_sum, "sft/token_accuracy": hits / max(num_tokens, 1.0),
-                   "sft/num_tokens": num_tokens, "optim/grad_norm": grad_norm.item(), "optim/skipped_steps": float(skipped),
-                   "optim/lr": scheduler.get_last_lr()[0], "perf/step_s": dt,
+                   "sft/num_tokens": num_tokens, "optim/grad_norm": float("nan") if skipped else grad_norm, "optim/skipped_steps": float(skipped),
+                   "optim/lr": learner.lr, "perf/step_s": dt,
                    "perf/tokens_per_s": (batch.prompt_mask.sum().item() + num_tokens) / dt}
         run_dir.log_metrics(metrics)
         run.history.append(metrics)

@@ -35,6 +35,7 @@ from tqdm import tqdm
 from eureka_kit import advantages, diagnostics, filters, losses, ops, process_adv, rewards, rollout
 from eureka_kit.config import RunConfig
 from eureka_kit.distributed import SINGLE_PROCESS, World, init_world
+from eureka_kit.learner import make_learner
 from eureka_kit.models import tokenizer_of
 from eureka_kit.rollout import Rollouts
 from eureka_kit.rollout_vllm import sync_weights as sync_vllm_weights
@@ -101,10 +102,15 @@ def completion_hidden(policy, ro: Rollouts, rows: Tensor, cfg: RunConfig):
 def completion_logprobs(policy, ro: Rollouts, rows: Tensor, cfg: RunConfig, *, with_entropy: bool = False):
     """Per-token log-probs (at the sampling temperature) of `ro`'s completions `rows` under `policy`.
 
-    Projects only the completion positions (`completion_hidden`), chunked: never a [B, T, V] fp32 tensor.
+    Projects only the completion positions (`completion_hidden`), chunked: never a [B, T, V] fp32 tensor
+    (under ZeRO-3 the head runs as a module call, so one micro-batch's logits exist in the model's dtype).
     Returns logp [b, T] fp32 (and entropy [b, T] when asked).
     """
     hidden, weight, bias, targets = completion_hidden(policy, ro, rows, cfg)
+    if hasattr(weight, "ds_id"):  # DeepSpeed ZeRO-3: the head's weight is whole only inside its module's call
+        logits = policy.get_output_embeddings()(hidden.to(weight.dtype))
+        return ops.token_logprobs_from_logits(logits, targets, chunk_size=cfg.logprob_chunk_size,
+                                              temperature=cfg.temperature, return_entropy=with_entropy)
     return ops.token_logprobs_from_hidden(hidden, weight, targets, chunk_size=cfg.logprob_chunk_size, bias=bias,
                                           temperature=cfg.temperature, return_entropy=with_entropy)
 
@@ -219,7 +225,7 @@ def collect_batch(policy, processor, stream: ProblemStream, cfg: RunConfig, gen:
 # ---------------------------------------------------------------------------------------------
 
 
-def _lr_lambda(cfg: RunConfig, total_steps: int):
+def lr_lambda(cfg: RunConfig, total_steps: int):
     def factor(step: int) -> float:
         if cfg.warmup_steps and step < cfg.warmup_steps:
             return (step + 1) / cfg.warmup_steps
@@ -283,26 +289,26 @@ def train(cfg: RunConfig, *, policy=None, processor=None, problems: list[dict] |
         ref_policy = copy.deepcopy(policy).eval().requires_grad_(False)
     stream = ProblemStream(_stage_problems(cfg.stage_config(0), cfg, problems), cfg.seed)
 
-    params = [p for p in policy.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.adam_betas, weight_decay=cfg.weight_decay,
-                                  fused=device.type == "cuda")
     batch = cfg.rollout_batch_size * cfg.group_size
     opt_steps_per_rollout = cfg.update_epochs * math.ceil(batch / cfg.train_batch_size)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg, cfg.num_steps * opt_steps_per_rollout))
+    learner = make_learner(policy, cfg, world, cfg.num_steps * opt_steps_per_rollout, device)  # torch or ZeRO
 
     run_path = cfg.run_path()
     run = Run(cfg=cfg, path=run_path, policy=policy, processor=processor)
     start = 0
     if cfg.resume and world.run_dir(run_path).checkpoints():
         run_dir = world.run_dir(run_path)
-        start = _restore(run_dir, policy, optimizer, scheduler, stream, gen) + 1
+        start = _restore(run_dir, learner, stream, gen) + 1
         run.history = run_dir.metrics().to_dict("records")
     else:
         run_dir = world.run_dir(run_path).create(cfg.to_dict())  # rank 0 alone writes it
 
     def checkpoint(step: int) -> None:
         run_dir.flush_problems()
-        run_dir.save_checkpoint(step, policy, optimizer, _trainer_state(scheduler, stream, gen), processor=processor)
+        with learner.full_weights():  # ZeRO-3: gathered, so rank 0 writes the whole model
+            run_dir.save_checkpoint(step, policy, state={**learner.state(), **_trainer_state(stream, gen)},
+                                    processor=processor)
+        learner.save_sharded(run_dir.path / "checkpoints" / f"step_{step:06d}")
 
     bad_steps = 0
     bar = tqdm(range(start, cfg.num_steps), desc=f"{cfg.preset}", disable=not (progress and world.is_main),
@@ -315,7 +321,8 @@ def train(cfg: RunConfig, *, policy=None, processor=None, problems: list[dict] |
             ref_policy = _enter_stage(run, stage, step, policy, stream, problems)
         t0 = time.perf_counter()
         policy.eval()
-        ro, scored, metrics = collect_batch(policy, processor, stream, cfg, gen, world)
+        with learner.full_weights():
+            ro, scored, metrics = collect_batch(policy, processor, stream, cfg, gen, world)
         policy.train()
         t_rollout = time.perf_counter() - t0
         metrics["step"] = step
@@ -352,7 +359,8 @@ def train(cfg: RunConfig, *, policy=None, processor=None, problems: list[dict] |
             for minibatch in order.split(cfg.train_batch_size // world.size):
                 # Normalise by the units of the whole minibatch, summed over ranks: accumulation stays exact.
                 units = world.sum(losses.aggregation_units(mask[minibatch], cfg.aggregation, group_size=cfg.group_size))
-                for micro in minibatch.split(cfg.micro_batch_size):
+                micros = minibatch.split(cfg.micro_batch_size)
+                for i, micro in enumerate(micros):
                     if on_policy:
                         logp, ent = completion_logprobs(policy, ro, micro, cfg, with_entropy=True)
                         old_logp[micro], entropy[micro] = logp.detach().float().cpu(), ent.detach().float().cpu()
@@ -362,27 +370,21 @@ def train(cfg: RunConfig, *, policy=None, processor=None, problems: list[dict] |
                         logp, old_logp[micro].to(logp.device), adv[micro].to(logp.device), mask[micro].to(logp.device),
                         cfg=cfg, ref_logp=None if ref_logp is None else ref_logp[micro].to(logp.device))
                     weight = losses.aggregation_units(mask[micro], cfg.aggregation, group_size=cfg.group_size) / max(units, 1e-9)
-                    if torch.isfinite(loss):
-                        (loss * weight).backward()
-                    else:  # a NaN/Inf loss poisons the whole minibatch: mark it so the step is skipped
-                        nonfinite += 1
+                    if not learner.backward(loss * weight, last=i == len(micros) - 1):
+                        nonfinite += 1  # a NaN/Inf loss poisons the whole minibatch: the step is skipped
                     new_logp[micro] = logp.detach().float().cpu()
                     step_stats.append(stats)
-                nonfinite = world.sync_gradients(params, nonfinite)  # sum over ranks: the global minibatch's gradient
-                grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-                if nonfinite or not torch.isfinite(grad_norm):  # never step on NaN/Inf; count it instead
+                grad_norm = learner.step(nonfinite)  # over every rank's share of the minibatch; None = skipped
+                nonfinite = 0
+                if grad_norm is None:  # never step on NaN/Inf; count it instead
                     skipped += 1
-                    nonfinite = 0
-                    optimizer.zero_grad(set_to_none=True)
                     continue
-                grad_norms.append(grad_norm.item())
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
+                grad_norms.append(grad_norm)
             if cfg.update_epochs > 1:
                 epoch_logps.append(new_logp.clone())
         if cfg.rollout_backend == "vllm":  # the engine samples the next rollout: hand it the updated weights
-            sync_vllm_weights(policy)
+            with learner.full_weights():
+                sync_vllm_weights(policy)
 
         zero_std = advantages.zero_std_groups(scored["total"], cfg.group_size).float().mean().item() if B % cfg.group_size == 0 else float("nan")
         valid_tokens = mask.sum().clamp(min=1)
@@ -401,7 +403,7 @@ def train(cfg: RunConfig, *, policy=None, processor=None, problems: list[dict] |
             if ro.extras.get("has_rollout_logp", True) else float("nan"),
             "policy/entropy": (entropy * mask).sum().item() / valid_tokens.item(),
             "optim/grad_norm": float(np.mean(grad_norms)) if grad_norms else float("nan"),
-            "optim/lr": scheduler.get_last_lr()[0],
+            "optim/lr": learner.lr,
             "optim/skipped_steps": float(skipped),
             "perf/step_s": dt, "perf/rollout_s": t_rollout,
             "perf/tokens_per_s": (ro.prompt_mask.sum() + ro.completion_mask.sum()).item() / dt,
@@ -433,20 +435,18 @@ def train(cfg: RunConfig, *, policy=None, processor=None, problems: list[dict] |
     return run
 
 
-def _trainer_state(scheduler, stream: ProblemStream, gen: torch.Generator) -> dict[str, Any]:
-    """Everything besides weights and optimizer that a resumed run needs to continue exactly."""
-    return {"scheduler": scheduler.state_dict(), "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
+def _trainer_state(stream: ProblemStream, gen: torch.Generator) -> dict[str, Any]:
+    """Everything besides weights, optimizer and schedule that a resumed run needs to continue exactly."""
+    return {"generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
             "stream": {"order": stream.order, "cursor": stream.cursor, "epoch": stream.epoch,
                        "rng": stream.rng.getstate()}}
 
 
-def _restore(run_dir: RunDir, policy, optimizer, scheduler, stream: ProblemStream, gen: torch.Generator) -> int:
+def _restore(run_dir: RunDir, learner, stream: ProblemStream, gen: torch.Generator) -> int:
     """Load the latest checkpoint into the live objects; drop logged steps after it. Returns its step."""
     ckpt = run_dir.checkpoints()[-1]
     state = torch.load(ckpt / "trainer.pt", weights_only=True)  # never unpickle arbitrary objects
-    _load_weights(policy, ckpt)
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
+    learner.restore(ckpt, state)  # weights, optimizer, schedule
     gen.set_state(state["generator"])
     torch.set_rng_state(state["torch_rng"])
     s = state["stream"]
@@ -457,7 +457,7 @@ def _restore(run_dir: RunDir, policy, optimizer, scheduler, stream: ProblemStrea
     return step
 
 
-def _load_weights(model, ckpt: Path) -> None:
+def load_weights(model, ckpt: Path) -> None:
     """Load a checkpoint's model.safetensors into `model` in place."""
     from safetensors.torch import load_file
 
@@ -497,7 +497,7 @@ def _enter_stage(run: Run, stage: int, step: int, policy, stream: ProblemStream,
         return None
     ref_policy = copy.deepcopy(policy).eval().requires_grad_(False)
     if step > first:
-        _load_weights(ref_policy, run.path / "checkpoints" / f"step_{first - 1:06d}")
+        load_weights(ref_policy, run.path / "checkpoints" / f"step_{first - 1:06d}")
     return ref_policy
 
 
