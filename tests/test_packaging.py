@@ -51,6 +51,7 @@ def test_ci_runs_exactly_the_readme_test_command():
     ci = (ROOT / ".ci" / "run").read_text()
     assert "make test" in readme and "make report" in readme
     commands = [line.strip() for line in ci.splitlines() if line.strip() and not line.strip().startswith("#")]
-    # The README's test command runs, and the only other make target is the vLLM backend's own venv.
+    # The README's test command runs first; the other make targets are the vLLM and DeepSpeed tests' own venvs.
     make_commands = [c for c in commands if c.startswith("make ")]
-    assert make_commands == ["make test", "make test-vllm"]
+    assert make_commands == ["make test", "make test-vllm", "make test-deepspeed"]
+    assert all(f"`{c}`" in readme for c in make_commands)
