@@ -131,7 +131,8 @@ class ZeroLearner:
         self.deepspeed, self.policy, self.cfg, self.world = deepspeed, policy, cfg, world
         _init_deepspeed_distributed(deepspeed, device)
         self.params = [p for p in policy.parameters() if p.requires_grad]
-        client = _optimizer(self.params, cfg, torch.device("cpu"))  # DeepSpeed moves its states itself
+        # not fused (device "cpu"): ZeRO steps this optimizer on its own flat fp32 partitions
+        client = _optimizer(self.params, cfg, torch.device("cpu"))
         self.scheduler = _schedule(client, cfg, total_steps)  # ZeRO keeps the client's param_group dicts: lr follows
         self.engine, self.optimizer, _, _ = deepspeed.initialize(model=policy, model_parameters=self.params,
                                                                  optimizer=client, config=deepspeed_config(cfg))

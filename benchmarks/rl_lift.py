@@ -1,0 +1,83 @@
+"""Issue target: does RL raise greedy `math` test accuracy over the toy base policy, within a wall-clock budget?
+
+For each seed: greedy accuracy of the base policy on the math test split (what `eureka-kit eval` scores), then
+`train(RunConfig.from_preset(PRESET, **overrides))` -- the same call as `eureka-kit train --preset PRESET
+--field value ...` -- then greedy accuracy of every checkpoint. Prints one line per checkpoint and a summary
+table (base, best, last, lift, training wall time). Checkpoint evaluation is not counted in the wall time.
+
+    python benchmarks/rl_lift.py --preset cpgd --seeds 0,1,2 --set num_steps=300 lr=3e-5 save_every=50
+
+Results go into benchmarks/RESULTS.md (machine, date, numbers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from eureka_kit import evaluate, models
+from eureka_kit.config import RunConfig
+from eureka_kit.tasks import toyworld
+from eureka_kit.train import load_weights, train
+
+
+def _value(text: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def greedy_accuracy(policy, processor, cfg: RunConfig, n_per_level: int) -> tuple[float, list[float]]:
+    problems = toyworld.generate("test", "math", n_per_level, seed=cfg.seed)
+    df = evaluate.sample_problems(policy, processor, problems, cfg, greedy=True)
+    return float(df.successes.mean()), df.groupby("level").successes.mean().round(2).tolist()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", default="cpgd")
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="RunConfig overrides")
+    ap.add_argument("--eval-per-level", type=int, default=32, help="math test problems per level (32 = eval's split)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", default="", help="write the results as JSON here")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    overrides = {k: _value(v) for k, v in (item.split("=", 1) for item in args.set)}
+    results = []
+    for seed in [int(s) for s in args.seeds.split(",")]:
+        run_dir = Path(tempfile.mkdtemp(prefix=f"rl_lift_seed{seed}_"))
+        cfg = RunConfig.from_preset(args.preset, **{**overrides, "seed": seed, "run_dir": str(run_dir)})
+        policy, processor = models.load(cfg.model, seed=seed)
+        base, base_levels = greedy_accuracy(policy, processor, cfg, args.eval_per_level)
+        print(f"seed {seed} base {base:.3f} {base_levels}", flush=True)
+        t0 = time.perf_counter()
+        train(cfg, policy=policy, processor=processor, progress=False)
+        wall = time.perf_counter() - t0
+        curve = []
+        for ckpt in (run_dir / "checkpoints").iterdir():
+            load_weights(policy, ckpt)
+            acc, levels = greedy_accuracy(policy, processor, cfg, args.eval_per_level)
+            curve.append((int(ckpt.name.split("_")[1]) + 1, acc, levels))
+        curve.sort()
+        for step, acc, levels in curve:
+            print(f"seed {seed} step {step} greedy {acc:.3f} {levels}", flush=True)
+        results.append(dict(seed=seed, base=base, best=max(a for _, a, _ in curve), last=curve[-1][1], wall_s=wall,
+                            curve=curve))
+    print(f"\n{args.preset} {' '.join(args.set)}  (torch threads {args.threads})")
+    print("| seed | base greedy | last | best | lift (last - base) | training wall s |\n|---|---|---|---|---|---|")
+    for r in results:
+        print(f"| {r['seed']} | {r['base']:.3f} | {r['last']:.3f} | {r['best']:.3f} | {100 * (r['last'] - r['base']):+.1f} pts "
+              f"| {r['wall_s']:.0f} |")
+    if args.out:
+        Path(args.out).write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
