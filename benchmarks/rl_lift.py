@@ -22,6 +22,7 @@ import torch
 
 from eureka_kit import evaluate, models
 from eureka_kit.config import RunConfig
+from eureka_kit.runs import RunDir
 from eureka_kit.tasks import toyworld
 from eureka_kit.train import load_weights, train
 
@@ -60,15 +61,17 @@ def main() -> None:
         t0 = time.perf_counter()
         train(cfg, policy=policy, processor=processor, progress=False)
         wall = time.perf_counter() - t0
+        elapsed = RunDir(run_dir).metrics()["perf/step_s"].cumsum()  # training seconds up to each step
         curve = []
         for ckpt in (run_dir / "checkpoints").iterdir():
+            step = int(ckpt.name.split("_")[1])
             load_weights(policy, ckpt)
             acc, levels = greedy_accuracy(policy, processor, cfg, args.eval_per_level)
-            curve.append((int(ckpt.name.split("_")[1]) + 1, acc, levels))
+            curve.append((step + 1, acc, levels, float(elapsed.iloc[step])))
         curve.sort()
-        for step, acc, levels in curve:
-            print(f"seed {seed} step {step} greedy {acc:.3f} {levels}", flush=True)
-        results.append(dict(seed=seed, base=base, best=max(a for _, a, _ in curve), last=curve[-1][1], wall_s=wall,
+        for step, acc, levels, t in curve:
+            print(f"seed {seed} step {step} ({t:.0f} s of steps) greedy {acc:.3f} {levels}", flush=True)
+        results.append(dict(seed=seed, base=base, best=max(c[1] for c in curve), last=curve[-1][1], wall_s=wall,
                             curve=curve))
     print(f"\n{args.preset} {' '.join(args.set)}  (torch threads {args.threads})")
     print("| seed | base greedy | last | best | lift (last - base) | training wall s |\n|---|---|---|---|---|---|")

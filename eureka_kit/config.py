@@ -77,7 +77,7 @@ ALGORITHM_FIELDS = tuple(_NEUTRAL)
 # What one stage of a multi-stage run may override (model, optimiser, batch shape and the PRM, loaded once,
 # stay the run's).
 STAGE_FIELDS = (*(f for f in ALGORITHM_FIELDS if f not in ("process_mode", "process_weight", "prm_aggregation")),
-                "num_steps", "train_subject", "data_path")
+                "num_steps", "train_subject", "train_levels", "train_per_level", "data_path")
 SFT_TARGETS = ("cot", "answer")
 
 CPGD_PAPER = "https://arxiv.org/abs/2505.12504"
@@ -228,6 +228,12 @@ class RunConfig:
     train_subject: str = "math"
     """toy world: subject of the training problems (math | physics | chemistry | biology); MMK12 trains on
     every subject of data_path"""
+    train_levels: tuple[int, ...] = ()
+    """toy world: difficulty levels of the training problems (() = all). Level 0 is always and the top level
+    never solved by the base policy, so their groups carry no signal (MM-EUREKA filtered its data by difficulty
+    offline, the online filter does it per step)"""
+    train_per_level: int = 400
+    """toy world: training problems per level (a larger pool keeps long runs from revisiting the same ones)"""
     multimodal: bool = False
     """use the image variant of the toy world (needs model='toy-vl' or a VLM)"""
     prompt_template: str = "none"
@@ -325,6 +331,8 @@ class RunConfig:
             self.adam_betas = tuple(self.adam_betas)
         if isinstance(self.stages, list):  # from JSON
             self.stages = tuple(self.stages)
+        if isinstance(self.train_levels, list):
+            self.train_levels = tuple(self.train_levels)
         self.validate()
 
     @classmethod
@@ -389,6 +397,12 @@ class RunConfig:
         _choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
         _choice("task", self.task, ("toyworld", "mmk12"))
         _choice("zero_stage", self.zero_stage, (0, 2, 3))
+        if self.train_per_level < 1:
+            raise ConfigError(f"train_per_level: need at least 1 problem per level, got {self.train_per_level}")
+        from eureka_kit.tasks.toyworld import LEVELS
+        bad = [lv for lv in self.train_levels if not (isinstance(lv, int) and 0 <= lv < len(LEVELS))]
+        if bad:
+            raise ConfigError(f"train_levels: unknown level(s) {bad}; the toy world has levels 0..{len(LEVELS) - 1}")
         if not isinstance(self.deepspeed_overrides, dict):
             raise ConfigError(f"deepspeed_overrides: expected a dict of DeepSpeed config entries, "
                               f"got {self.deepspeed_overrides!r}")

@@ -168,6 +168,9 @@ def load_problems(cfg: RunConfig, split: str = "train", subject: str = "math") -
     if cfg.task == "toyworld":
         from eureka_kit.tasks import toyworld
 
+        if split == "train":
+            return toyworld.load(split, subject, seed=cfg.seed, multimodal=cfg.multimodal,
+                                 n_per_level=cfg.train_per_level, levels=cfg.train_levels or None)
         return toyworld.load(split, subject, seed=cfg.seed, multimodal=cfg.multimodal)
     from eureka_kit.tasks import mmk12
 
@@ -468,7 +471,7 @@ def load_weights(model, ckpt: Path) -> None:
 
 
 def _data_source(cfg: RunConfig) -> tuple:
-    return cfg.task, cfg.data_path, cfg.train_subject
+    return cfg.task, cfg.data_path, cfg.train_subject, cfg.train_levels, cfg.train_per_level
 
 
 def _stage_problems(stage_cfg: RunConfig, run_cfg: RunConfig, problems: list[dict] | None) -> list[dict]:

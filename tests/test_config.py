@@ -160,3 +160,18 @@ def test_algorithm_slots_are_preset_fields():
     cfg = RunConfig.from_preset("dapo")
     assert set(cfg.algorithm()) == set(ALGORITHM_FIELDS)
     assert {"surrogate", "advantage_estimator", "aggregation", "drift_coef", "kl_coef"} <= set(ALGORITHM_FIELDS)
+
+
+def test_train_levels_and_pool_size_choose_the_toy_training_problems():
+    from eureka_kit.train import load_problems
+
+    rows = load_problems(RunConfig.from_preset("cpgd", train_levels=[1, 3], train_per_level=7))
+    assert [r["level"] for r in rows] == [1] * 7 + [3] * 7
+    assert {r["id"].split("-")[1] for r in rows} == {"train"}
+    assert len(load_problems(RunConfig())) == 400 * 6  # the default: every level, 400 each
+    test_rows = load_problems(RunConfig.from_preset("cpgd", train_levels=(1,)), split="test")
+    assert {r["level"] for r in test_rows} == set(range(6))  # evaluation keeps every level
+    with pytest.raises(ConfigError, match="train_levels"):
+        RunConfig(train_levels=(6,))
+    with pytest.raises(ConfigError, match="train_per_level"):
+        RunConfig(train_per_level=0)
