@@ -201,6 +201,10 @@ class RunConfig:
     """online filter upper bound (inclusive)"""
     dynamic_sampling: bool = False
     """DAPO dynamic sampling: keep groups with 0 < #correct < K, resample until the batch is full"""
+    skip_zero_variance: int = 0
+    """after a problem's group scores the same accuracy on every response (all right or all wrong: no signal
+    under a group baseline), skip that problem at its next N draws (0 = never skip); a deterministic form of
+    GRESO's selective rollout (arXiv 2506.02177): saves rollouts the filters would throw away"""
     overlong_buffer: int = 0
     """DAPO soft overlong punishment buffer L_cache in tokens (0 = off)"""
     overlong_penalty: float = 1.0
@@ -424,6 +428,10 @@ class RunConfig:
         for name in ("drift_coef", "kl_coef", "weight_decay", "overlong_penalty", "process_weight"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name}: must be >= 0, got {getattr(self, name)!r}")
+        if (not isinstance(self.skip_zero_variance, int) or isinstance(self.skip_zero_variance, bool)
+                or self.skip_zero_variance < 0):
+            raise ConfigError(f"skip_zero_variance: must be an integer >= 0 (draws to skip), "
+                              f"got {self.skip_zero_variance!r}")
         if not 0 <= self.filter_lower <= self.filter_upper <= 1:
             raise ConfigError(f"filter_lower/filter_upper: need 0 <= lower <= upper <= 1, "
                               f"got {self.filter_lower!r}, {self.filter_upper!r}")

@@ -95,6 +95,14 @@ class World:
             offset += g.numel()
         return int(flat[-1].item())
 
+    def all_gather(self, items: list) -> list:
+        """Every rank's `items` concatenated in rank order, on every rank."""
+        if self.size == 1:
+            return list(items)
+        out = [None] * self.size
+        dist.all_gather_object(out, items)
+        return [x for part in out for x in part]
+
     def gather(self, items: list) -> list[list]:
         """Every rank's `items`, in rank order, on rank 0 ([] on the others)."""
         if self.size == 1:

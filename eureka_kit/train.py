@@ -143,14 +143,35 @@ def batched_logprobs(policy, ro: Rollouts, cfg: RunConfig, *, with_entropy: bool
 
 
 class ProblemStream:
-    def __init__(self, problems: list[dict], seed: int):
+    """Epoch-shuffled draws from `problems`, seeded. With `skip_after_zero_variance` = N > 0, a problem marked
+    by `skip()` (its last group had zero variance) is passed over at its next N draws (GRESO-style); when every
+    problem is being skipped, the passes run all the counts down together until one comes back."""
+
+    def __init__(self, problems: list[dict], seed: int, skip_after_zero_variance: int = 0):
         if not problems:
             raise ValueError("problems: the training set is empty")
-        self.problems, self.rng, self.order, self.cursor, self.epoch = problems, random.Random(seed), [], 0, 0
+        self.rng, self.epoch, self.skip_visits = random.Random(seed), 0, skip_after_zero_variance
+        self.switch(problems)
 
     def switch(self, problems: list[dict]) -> None:
         """Draw from `problems` from now on (a new stage's data set), starting with a fresh shuffle."""
         self.problems, self.order, self.cursor = problems, [], 0
+        self.skips: dict[int, int] = {}  # pool index -> draws still to pass over
+        self.skipped = 0  # draws passed over so far (a counter for metrics)
+        self._index = {id(p): i for i, p in enumerate(problems)}
+
+    def reload(self, problems: list[dict]) -> None:
+        """The same data set as freshly loaded objects (a stage that keeps its data): keep position and skips."""
+        self.problems, self._index = problems, {id(p): i for i, p in enumerate(problems)}
+
+    def index_of(self, problem: dict) -> int:
+        return self._index[id(problem)]
+
+    def skip(self, indices: list[int]) -> None:
+        """Pass over these pool indices at their next `skip_after_zero_variance` draws."""
+        for i in indices:
+            if self.skip_visits:
+                self.skips[i] = self.skip_visits
 
     def take(self, n: int) -> list[dict]:
         out = []
@@ -159,8 +180,13 @@ class ProblemStream:
                 self.order = list(range(len(self.problems)))
                 self.rng.shuffle(self.order)
                 self.cursor, self.epoch = 0, self.epoch + 1
-            out.append(self.problems[self.order[self.cursor]])
+            i = self.order[self.cursor]
             self.cursor += 1
+            if self.skips.get(i):  # finite counts: every pass over the pool brings each one closer to 0
+                self.skips[i] -= 1
+                self.skipped += 1
+                continue
+            out.append(self.problems[i])
         return out
 
 
@@ -191,6 +217,14 @@ def _score(ro: Rollouts, cfg: RunConfig) -> dict[str, Tensor]:
     return scored
 
 
+def _zero_variance_problems(ro: Rollouts, accuracy: Tensor, stream: ProblemStream, group_size: int) -> list[int]:
+    """Pool indices of the problems whose group (K contiguous responses) scored one accuracy on every response."""
+    groups = accuracy.view(-1, group_size)
+    flat = (groups == groups[:, :1]).all(dim=1)
+    firsts = ro.problem_index[::group_size]
+    return [stream.index_of(ro.problems[i]) for i in firsts[flat].tolist()]
+
+
 def collect_batch(policy, processor, stream: ProblemStream, cfg: RunConfig, gen: torch.Generator,
                   world: World = SINGLE_PROCESS):
     """Roll out until `rollout_batch_size` prompts pass the active filter (whole groups, first come).
@@ -199,10 +233,13 @@ def collect_batch(policy, processor, stream: ProblemStream, cfg: RunConfig, gen:
     rolling out (and discarding) while another refills, so the streams and collectives stay in step."""
     target = cfg.rollout_batch_size * cfg.group_size // world.size
     parts, scores, kept, num_rollouts, num_seen = [], [], 0, 0, 0
+    skipped_before = stream.skipped
     while world.any(kept < target) and num_rollouts < MAX_ROLLOUTS_PER_STEP:
         ro = rollout.generate(policy, processor, world.shard(stream.take(cfg.rollout_batch_size)), cfg, gen)
         sc = _score(ro, cfg)
         num_rollouts, num_seen = num_rollouts + 1, num_seen + len(ro.texts)
+        if cfg.skip_zero_variance:
+            stream.skip(world.all_gather(_zero_variance_problems(ro, sc["accuracy"], stream, cfg.group_size)))
         if cfg.online_filter:
             keep = filters.online_filter_mask(sc["accuracy"], cfg.group_size, cfg.filter_lower, cfg.filter_upper)
         elif cfg.dynamic_sampling:
@@ -215,7 +252,7 @@ def collect_batch(policy, processor, stream: ProblemStream, cfg: RunConfig, gen:
             scores.append({k: v[index] for k, v in sc.items()})
             kept += len(index)
     stats = {"filter/rollouts": num_rollouts, "filter/kept_frac": kept / max(num_seen, 1),
-             "filter/short_batch": float(kept < target)}
+             "filter/short_batch": float(kept < target), "filter/skipped_draws": stream.skipped - skipped_before}
     common = world.min(kept)  # ranks step in lockstep, so each trains on the shortest rank's number of responses
     if not common:
         return None, None, stats
@@ -290,7 +327,7 @@ def train(cfg: RunConfig, *, policy=None, processor=None, problems: list[dict] |
         import copy
 
         ref_policy = copy.deepcopy(policy).eval().requires_grad_(False)
-    stream = ProblemStream(_stage_problems(cfg.stage_config(0), cfg, problems), cfg.seed)
+    stream = ProblemStream(_stage_problems(cfg.stage_config(0), cfg, problems), cfg.seed, cfg.skip_zero_variance)
 
     batch = cfg.rollout_batch_size * cfg.group_size
     opt_steps_per_rollout = cfg.update_epochs * math.ceil(batch / cfg.train_batch_size)
@@ -442,7 +479,8 @@ def _trainer_state(stream: ProblemStream, gen: torch.Generator) -> dict[str, Any
     """Everything besides weights, optimizer and schedule that a resumed run needs to continue exactly."""
     return {"generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
             "stream": {"order": stream.order, "cursor": stream.cursor, "epoch": stream.epoch,
-                       "rng": stream.rng.getstate()}}
+                       "rng": stream.rng.getstate(), "skips": sorted(stream.skips.items()),
+                       "skipped": stream.skipped}}
 
 
 def _restore(run_dir: RunDir, learner, stream: ProblemStream, gen: torch.Generator) -> int:
@@ -455,6 +493,7 @@ def _restore(run_dir: RunDir, learner, stream: ProblemStream, gen: torch.Generat
     s = state["stream"]
     stream.order, stream.cursor, stream.epoch = list(s["order"]), s["cursor"], s["epoch"]
     stream.rng.setstate(_as_tuple(s["rng"]))
+    stream.skips, stream.skipped = {int(i): int(n) for i, n in s.get("skips", [])}, int(s.get("skipped", 0))
     step = int(state["step"])
     run_dir.truncate_after(step)
     return step
@@ -495,7 +534,7 @@ def _enter_stage(run: Run, stage: int, step: int, policy, stream: ProblemStream,
     if step == first and _data_source(cfg) != _data_source(run.cfg.stage_config(stage - 1)):
         stream.switch(data)
     else:  # same data as the stage before, or resumed inside this stage: keep the (restored) cursor
-        stream.problems = data
+        stream.reload(data)
     if cfg.kl_coef == 0:
         return None
     ref_policy = copy.deepcopy(policy).eval().requires_grad_(False)

@@ -106,6 +106,7 @@ def test_bad_choice_names_field_and_lists_allowed(field, allowed):
 @pytest.mark.parametrize("field, value", [
     ("eps_low", 0.0), ("eps_low", -0.1), ("eps_high", 0.0), ("eps_high", -1.0), ("eps_low", 1.0),
     ("std_eps", 0.0), ("drift_clip", 0.0), ("cispo_cap", -1.0), ("drift_coef", -0.01), ("kl_coef", -1.0),
+    ("skip_zero_variance", -1), ("skip_zero_variance", 1.5), ("skip_zero_variance", True),
 ])
 def test_bad_numbers_name_the_field(field, value):
     with pytest.raises(ConfigError, match=f"^{field}:"):

@@ -114,6 +114,8 @@ if tag != "single":  # metric reduction on hand-made numbers
             "policy/ratio_max": 1.2}, {"reward/mean": 0.0, "policy/clipfrac": 0.0, "policy/num_tokens": 30.0,
             "policy/ratio_max": 1.5})][int(os.environ["RANK"])]
     (out / f"reduced-{tag}.json").write_text(json.dumps(from_env().reduce_metrics(mine, num_responses=2)))
+    rank = int(os.environ["RANK"])  # skip marks travel to every rank: rank 0 holds 2 problems' marks, rank 1 one
+    (out / f"gathered-{tag}.json").write_text(json.dumps(from_env().all_gather([[10, 11], [20]][rank])))
 print("DONE")
 '''
 
@@ -191,6 +193,7 @@ def test_metrics_are_reduced_over_ranks_and_rank_zero_alone_writes(two_vs_one):
         reduced = json.loads((tmp / f"reduced-{tag}.json").read_text())
         assert reduced == pytest.approx({"reward/mean": 0.5, "reward/std": math.sqrt(1 / 3), "policy/clipfrac": 0.125,
                                          "policy/num_tokens": 40.0, "policy/ratio_max": 1.5})
+        assert json.loads((tmp / f"gathered-{tag}.json").read_text()) == [10, 11, 20]
     # The training metrics of two ranks equal one process's on the concatenated batch.
     single = json.loads((tmp / "history-single.json").read_text())[0]
     for tag in ("rank0", "rank1"):

@@ -11,7 +11,7 @@ from eureka_kit.config import RunConfig
 from eureka_kit.models import build_toy_model
 from eureka_kit.runs import open_run
 from eureka_kit.tasks import toyworld
-from eureka_kit.train import train
+from eureka_kit.train import ProblemStream, train
 
 SMALL = dict(rollout_batch_size=4, group_size=4, train_batch_size=8, micro_batch_size=8, max_len=12, num_steps=2,
              lr=1e-3)
@@ -153,11 +153,58 @@ def test_all_groups_filtered_skips_the_update(tmp_path, problems, monkeypatch):
     assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
 
 
-def test_resume_after_a_crash_reproduces_the_uninterrupted_run(tmp_path, problems, crash_on_call):
-    """Crash in step 3, resume from the step-1 checkpoint: metrics equal the uninterrupted run's."""
+def test_problem_stream_passes_over_a_skipped_problem_for_exactly_n_draws():
+    pool = [{"id": f"q{i}"} for i in range(4)]
+    stream = ProblemStream(pool, seed=0, skip_after_zero_variance=2)
+    first = stream.take(4)  # one whole pass over the pool
+    stream.skip([stream.index_of(first[0])])
+    later = [p["id"] for p in stream.take(10)]  # two passes of 3 (it is passed over), then one of 4
+    assert first[0]["id"] not in later[:6] and first[0]["id"] in later[6:]
+    assert sorted(later[6:]) == ["q0", "q1", "q2", "q3"] and stream.skipped == 2
+
+    unskipping = ProblemStream(pool, seed=0)  # N = 0: marks are ignored
+    unskipping.skip([0, 1, 2, 3])
+    assert len(unskipping.take(8)) == 8 and unskipping.skipped == 0
+
+
+def test_skip_zero_variance_stops_drawing_problems_whose_group_had_no_signal(tmp_path, problems, monkeypatch):
+    """Problems with an even-length answer score 1 on every response (zero variance); the others score 0, 1,
+    0, 1 in their group of 4 (never zero variance). With a skip count larger than the run, a zero-variance
+    problem is drawn once while the others keep coming round."""
+    import eureka_kit.train as train_module
+    from eureka_kit import rewards
+
+    def score_batch(completions, golds, **_):
+        acc = [1.0 if len(g) % 2 == 0 else float(i % 2) for i, g in enumerate(golds)]
+        return [dict(accuracy=a, format=0.0, total=a, timeout=0.0) for a in acc]
+
+    monkeypatch.setattr(rewards, "score_batch", score_batch)
+    drawn, real_generate = [], train_module.rollout.generate
+    monkeypatch.setattr(train_module.rollout, "generate",
+                        lambda policy, processor, batch, *a, **k: drawn.extend(p["id"] for p in batch)
+                        or real_generate(policy, processor, batch, *a, **k))
+    pool = problems[:8]
+    assert {len(p["answer"]) % 2 for p in pool} == {0, 1}, "the pool needs both kinds of problems"
+    model, tok = build_toy_model(seed=5)
+    cfg = RunConfig.from_preset("grpo", run_dir=str(tmp_path / "z"), online_filter=True, skip_zero_variance=1000,
+                                **{**SMALL, "num_steps": 4})
+    run = train(cfg, policy=model, processor=tok, problems=pool, progress=False)
+    even = [p["id"] for p in pool if len(p["answer"]) % 2 == 0]
+    assert all(drawn.count(i) == 1 for i in even), (even, drawn)
+    odd = [p["id"] for p in pool if len(p["answer"]) % 2]
+    assert all(drawn.count(i) >= 2 for i in odd)  # the pool came round again, past the skipped ones
+    assert sum(h["filter/skipped_draws"] for h in run.history) >= len(even)
+
+
+@pytest.mark.parametrize("skip", [0, 2])
+def test_resume_after_a_crash_reproduces_the_uninterrupted_run(tmp_path, problems, crash_on_call, skip):
+    """Crash in step 3, resume from the step-1 checkpoint: metrics equal the uninterrupted run's (with
+    skip_zero_variance, the skip counts travel in the checkpoint)."""
     import eureka_kit.train as train_module
 
-    settings = {**SMALL, "num_steps": 4, "save_every": 2}
+    settings = {**SMALL, "num_steps": 4, "save_every": 2, "skip_zero_variance": skip}
+    if skip:
+        problems = problems[:6]  # small enough that skipped problems come round again within 4 steps
     model, tok = build_toy_model(seed=4)
     full = train(RunConfig.from_preset("grpo", run_dir=str(tmp_path / "a"), **settings), policy=model,
                  processor=tok, problems=problems, progress=False)
@@ -179,6 +226,8 @@ def test_resume_after_a_crash_reproduces_the_uninterrupted_run(tmp_path, problem
     for key in keys:
         assert a[key].tolist() == pytest.approx(b[key].tolist(), rel=1e-5, abs=1e-6, nan_ok=True), key
     assert len(resumed.dir.problems()) == len(full.dir.problems())
+    if skip:
+        assert a["filter/skipped_draws"].sum() > 0
 
 
 def test_consecutive_nonfinite_steps_stop_the_run(tmp_path, problems, monkeypatch):
