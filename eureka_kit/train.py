@@ -335,11 +335,12 @@ def train(cfg: RunConfig, *, policy=None, processor=None, problems: list[dict] |
 
     run_path = cfg.run_path()
     run = Run(cfg=cfg, path=run_path, policy=policy, processor=processor)
-    start = 0
+    start, t_start, elapsed_before = 0, time.perf_counter(), 0.0
     if cfg.resume and world.run_dir(run_path).checkpoints():
         run_dir = world.run_dir(run_path)
         start = _restore(run_dir, learner, stream, gen) + 1
         run.history = run_dir.metrics().to_dict("records")
+        elapsed_before = float(run.history[-1].get("perf/elapsed_s", 0.0)) if run.history else 0.0
     else:
         run_dir = world.run_dir(run_path).create(cfg.to_dict())  # rank 0 alone writes it
 
@@ -447,6 +448,7 @@ def train(cfg: RunConfig, *, policy=None, processor=None, problems: list[dict] |
             "optim/skipped_steps": float(skipped),
             "perf/step_s": dt, "perf/rollout_s": t_rollout,
             "perf/tokens_per_s": (ro.prompt_mask.sum() + ro.completion_mask.sum()).item() / dt,
+            "perf/elapsed_s": elapsed_before + time.perf_counter() - t_start,
         })
         metrics = world.reduce_metrics(metrics, num_responses=B)
         run_dir.log_metrics(metrics)
