@@ -155,10 +155,10 @@ class ProblemStream:
 
     def switch(self, problems: list[dict]) -> None:
         """Draw from `problems` from now on (a new stage's data set), starting with a fresh shuffle."""
-        self.problems, self.order, self.cursor = problems, [], 0
+        self.order, self.cursor = [], 0
         self.skips: dict[int, int] = {}  # pool index -> draws still to pass over
         self.skipped = 0  # draws passed over so far (a counter for metrics)
-        self._index = {id(p): i for i, p in enumerate(problems)}
+        self.reload(problems)
 
     def reload(self, problems: list[dict]) -> None:
         """The same data set as freshly loaded objects (a stage that keeps its data): keep position and skips."""
@@ -169,9 +169,8 @@ class ProblemStream:
 
     def skip(self, indices: list[int]) -> None:
         """Pass over these pool indices at their next `skip_after_zero_variance` draws."""
-        for i in indices:
-            if self.skip_visits:
-                self.skips[i] = self.skip_visits
+        if self.skip_visits:
+            self.skips.update(dict.fromkeys(indices, self.skip_visits))
 
     def take(self, n: int) -> list[dict]:
         out = []
@@ -219,10 +218,8 @@ def _score(ro: Rollouts, cfg: RunConfig) -> dict[str, Tensor]:
 
 def _zero_variance_problems(ro: Rollouts, accuracy: Tensor, stream: ProblemStream, group_size: int) -> list[int]:
     """Pool indices of the problems whose group (K contiguous responses) scored one accuracy on every response."""
-    groups = accuracy.view(-1, group_size)
-    flat = (groups == groups[:, :1]).all(dim=1)
-    firsts = ro.problem_index[::group_size]
-    return [stream.index_of(ro.problems[i]) for i in firsts[flat].tolist()]
+    firsts = ro.problem_index[::group_size][advantages.zero_std_groups(accuracy, group_size)]
+    return [stream.index_of(ro.problems[i]) for i in firsts.tolist()]
 
 
 def collect_batch(policy, processor, stream: ProblemStream, cfg: RunConfig, gen: torch.Generator,
