@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 
 
 def _selfcheck(args: argparse.Namespace) -> int:
@@ -179,7 +180,9 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
 def _toy_build(args: argparse.Namespace) -> int:
     from eureka_kit.toy import SFTConfig, build_base_policy
 
-    cfg = SFTConfig(steps=args.steps) if args.steps else SFTConfig()
+    cfg = SFTConfig()
+    cfg = replace(cfg, steps=args.steps or cfg.steps,
+                  stop_at_accuracy=cfg.stop_at_accuracy if args.stop_at_accuracy is None else args.stop_at_accuracy)
     print(build_base_policy(seed=args.seed, cfg=cfg, force=args.force))
     return 0
 
@@ -189,7 +192,10 @@ def _add_toy(sub: argparse._SubParsersAction) -> None:
     toy_sub = p.add_subparsers(dest="toy_command", required=True)
     b = toy_sub.add_parser("build", help="build (or find cached) the toy base policy; prints its folder")
     b.add_argument("--seed", type=int, default=0)
-    b.add_argument("--steps", type=int, default=None, help="SFT steps (default: SFTConfig.steps)")
+    b.add_argument("--steps", type=int, default=None, help="SFT steps at most (default: SFTConfig.steps)")
+    b.add_argument("--stop-at-accuracy", type=float, default=None,
+                   help="stop once greedy accuracy on the train-split probe reaches this; 0 = run all steps "
+                        "(default: SFTConfig.stop_at_accuracy)")
     b.add_argument("--force", action="store_true", help="rebuild even if cached")
     b.set_defaults(func=_toy_build)
 

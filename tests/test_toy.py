@@ -52,3 +52,40 @@ def test_cli_toy_build(tmp_path, monkeypatch, capsys):
     assert main(["toy", "build", "--steps", "2", "--seed", "3"]) == 0
     out = capsys.readouterr().out.strip().splitlines()[-1]
     assert out.startswith(str(tmp_path)) and "seed3" in out
+
+
+def test_sft_should_stop_ends_training():
+    from eureka_kit.models import build_toy_model
+    from eureka_kit.toy import sft, sft_examples
+
+    model, tok = build_toy_model(seed=0)
+    examples = sft_examples(tok, toyworld.generate("train", "math", 4, seed=0, levels=(0,)))
+    asked = []
+    losses = sft(model, tok, examples, TINY, progress=False, should_stop=lambda n: asked.append(n) or n == 3)
+    assert len(losses) == 3 and asked == [1, 2, 3]
+
+
+def test_build_stops_at_first_check_reaching_the_probe_accuracy(tmp_path, monkeypatch):
+    import json
+    from dataclasses import replace
+
+    import pandas as pd
+
+    from eureka_kit import evaluate
+
+    probe_sizes, scores = [], iter([0.25, 0.5, 0.75])
+
+    def fake_greedy(model, tok, problems, cfg, *, greedy=False, **kw):  # stands in for the slow greedy eval
+        assert greedy and not model.training
+        probe_sizes.append(len(problems))
+        return pd.DataFrame(dict(successes=[next(scores)]))
+
+    monkeypatch.setattr(evaluate, "sample_problems", fake_greedy)
+    cfg = SFTConfig(steps=12, batch_size=8, n_per_level=10, warmup=2, first_check=4, check_every=2,
+                    stop_at_accuracy=0.5, probe_per_level=2)
+    out = build_base_policy(0, cfg, root=tmp_path, progress=False)
+    meta = json.loads((out / "sft.json").read_text())
+    assert meta["steps_run"] == 6 and meta["probe_accuracy"] == {"4": 0.25, "6": 0.5}
+    assert probe_sizes == [2 * len(toyworld.LEVELS)] * 2  # every level, the untaught top one included
+    off = build_base_policy(0, replace(cfg, stop_at_accuracy=0.0), root=tmp_path, progress=False)
+    assert json.loads((off / "sft.json").read_text())["steps_run"] == 12 and len(probe_sizes) == 2
