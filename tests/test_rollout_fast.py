@@ -219,3 +219,43 @@ def test_small_cpu_decodes_run_on_one_thread_and_restore_the_setting(monkeypatch
     assert calls == [1, 2]  # too big to stay single-threaded: untouched
     monkeypatch.undo()
     assert torch.get_num_threads() == before
+
+
+@pytest.mark.parametrize("mask_kind", ["none", "bool", "float"])
+def test_grouped_decode_attention_equals_sdpa_for_one_query(mask_kind):
+    """The CPU decode attention (query heads grouped by key/value head) against transformers' sdpa function,
+    on GQA shapes with left padding; several queries per row go to sdpa itself."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    g = torch.Generator().manual_seed(0)
+    B, H, KV, S, D = 6, 4, 2, 9, 8
+    module = torch.nn.Module()
+    module.num_key_value_groups, module.is_causal = H // KV, True
+    key, value = torch.randn(B, KV, S, D, generator=g), torch.randn(B, KV, S, D, generator=g)
+    padded = torch.arange(S)[None, :] >= torch.tensor([0, 1, 3, 0, 2, 5])[:, None]  # left padding per row
+    mask = {"none": None, "bool": padded[:, None, None, :],
+            "float": torch.zeros(B, 1, 1, S).masked_fill(~padded[:, None, None, :], float("-inf"))}[mask_kind]
+    query = torch.randn(B, H, 1, D, generator=g)
+    ours, _ = rollout.grouped_decode_attention(module, query, key, value, mask, scaling=0.3)
+    ref, _ = sdpa_attention_forward(module, query, key, value, mask, scaling=0.3)
+    assert ours.shape == ref.shape == (B, 1, H, D)
+    torch.testing.assert_close(ours, ref, atol=1e-6, rtol=1e-5)
+    if mask_kind == "bool":  # a padded key changes nothing; the same key unmasked does
+        key2 = key.clone()
+        key2[2, :, 0] += 10.0
+        torch.testing.assert_close(rollout.grouped_decode_attention(module, query, key2, value, mask)[0],
+                                   rollout.grouped_decode_attention(module, query, key, value, mask)[0])
+        assert not torch.allclose(rollout.grouped_decode_attention(module, query, key2, value, None)[0],
+                                  rollout.grouped_decode_attention(module, query, key, value, None)[0])
+    prefill = torch.randn(B, H, S, D, generator=g)
+    assert torch.equal(rollout.grouped_decode_attention(module, prefill, key, value, None)[0],
+                       sdpa_attention_forward(module, prefill, key, value, None)[0])
+
+
+def test_cpu_decode_attention_swaps_the_model_and_restores_sdpa():
+    model, _ = build_toy_model(seed=0)
+    assert model.config._attn_implementation == "sdpa"
+    with pytest.raises(RuntimeError), rollout.cpu_decode_attention(model):
+        assert model.config._attn_implementation == rollout.DECODE_ATTENTION
+        raise RuntimeError
+    assert model.config._attn_implementation == "sdpa"
