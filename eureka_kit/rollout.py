@@ -8,8 +8,9 @@ every update) lives in `rollout_vllm`, since vLLM is installed separately (`make
 samples, then one forward per token). It draws exactly the tokens transformers `generate` draws from the
 same seed, without generate's per-token machinery, which dominates at toy-model size. Transformers
 `generate` remains the sampler on CUDA (compiled static-cache decode), for multimodal inputs and for
-generation options the loop does not implement (`uses_lean_loop`). The learner's shared-prompt forward
-(`shared_prompt_hidden`) lives here too.
+generation options the loop does not implement (`uses_lean_loop`). Inside the loop an sdpa model attends through
+`grouped_decode_attention` (two batched matmuls per layer for the one new token; torch's CPU sdpa is ~4x slower
+at that shape). The learner's shared-prompt forward (`shared_prompt_hidden`) lives here too.
 
 Layout of a record: response `i` answers problem `i // K` (groups are contiguous, as `advantages`
 expects); prompts are left-padded to a common length P, completions right-padded to T.
@@ -233,9 +234,12 @@ def _register_decode_attention() -> None:
 
 @contextlib.contextmanager
 def cpu_decode_attention(policy):
-    """Run `policy` with `grouped_decode_attention` inside the block when it is an sdpa model on CPU."""
+    """Run `policy` with `grouped_decode_attention` inside the block when it is a plain (not composite) sdpa model
+    on CPU: a composite model (a VLM) may run other implementations in its sub-models, which one swap-and-restore
+    of the whole model would overwrite."""
     config = policy.config
-    swap = next(policy.parameters()).device.type == "cpu" and config._attn_implementation == "sdpa"
+    swap = next(policy.parameters()).device.type == "cpu" and config._attn_implementation == "sdpa" and \
+        not getattr(config, "sub_configs", None)
     if swap:
         _register_decode_attention()
         policy.set_attn_implementation(DECODE_ATTENTION)

@@ -259,3 +259,6 @@ def test_cpu_decode_attention_swaps_the_model_and_restores_sdpa():
         assert model.config._attn_implementation == rollout.DECODE_ATTENTION
         raise RuntimeError
     assert model.config._attn_implementation == "sdpa"
+    vlm, _ = build_toy_model(multimodal=True, seed=0)  # composite: left alone
+    with rollout.cpu_decode_attention(vlm):
+        assert vlm.config._attn_implementation == "sdpa"
