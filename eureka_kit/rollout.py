@@ -279,6 +279,48 @@ def prefill_shared_prompts(policy, ids: Tensor, attn: Tensor, K: int) -> tuple[A
     return cache, out.logits[:, -1].float().repeat_interleave(K, dim=0)
 
 
+@functools.cache
+def _reserved_layer_class():
+    from transformers.cache_utils import DynamicLayer
+
+    class ReservedLayer(DynamicLayer):
+        """A `DynamicLayer` whose keys/values live in a buffer reserved for the whole decode.
+
+        `DynamicLayer.update` concatenates a new (B, H, S+1, D) tensor per token and layer: quadratic copying,
+        a sixth of the toy rollout's time. Here the new token's key/value is written in place and `keys` /
+        `values` are views of the filled part (S grows by one per token, no copy)."""
+
+        @classmethod
+        def reserving(cls, layer: DynamicLayer, extra: int) -> ReservedLayer:
+            reserved = cls()
+            reserved.__dict__.update(layer.__dict__)
+            B, H, S, D = layer.keys.shape
+            reserved.key_buffer = layer.keys.new_empty(B, H, S + extra, layer.keys.shape[-1])
+            reserved.value_buffer = layer.values.new_empty(B, H, S + extra, layer.values.shape[-1])
+            reserved.key_buffer[:, :, :S], reserved.value_buffer[:, :, :S] = layer.keys, layer.values
+            return reserved
+
+        def update(self, key_states: Tensor, value_states: Tensor, *args, **kwargs) -> tuple[Tensor, Tensor]:
+            start = self.keys.shape[-2]
+            end = start + key_states.shape[-2]
+            if end > self.key_buffer.shape[-2]:
+                raise RuntimeError(f"KV cache reserved for {self.key_buffer.shape[-2]} positions, asked for {end}")
+            self.key_buffer[:, :, start:end], self.value_buffer[:, :, start:end] = key_states, value_states
+            self.keys, self.values = self.key_buffer[:, :, :end], self.value_buffer[:, :, :end]
+            return self.keys, self.values
+
+    return ReservedLayer
+
+
+def reserve_cache(cache, extra: int) -> None:
+    """Give every plain dynamic layer of a prefilled `cache` room for `extra` more positions (in place)."""
+    from transformers.cache_utils import DynamicLayer
+
+    reserved = _reserved_layer_class()
+    cache.layers = [reserved.reserving(layer, extra) if type(layer) is DynamicLayer and layer.is_initialized
+                    else layer for layer in cache.layers]
+
+
 @torch.no_grad()
 def sample_with_cache(policy, ids: Tensor, attn: Tensor, K: int, max_new_tokens: int, eos_id: int, pad_id: int, *,
                       greedy: bool = False, temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
@@ -303,9 +345,12 @@ def sample_with_cache(policy, ids: Tensor, attn: Tensor, K: int, max_new_tokens:
         drawn from, T <= max_new_tokens (entries after a row's EOS are PAD, with meaningless log-probs).
     """
     cache, logits = prefill_shared_prompts(policy, ids, attn, K)  # (B, V)
+    reserve_cache(cache, max_new_tokens)
     B, key = logits.shape[0], cache_kwarg(policy)
+    prompt_len = ids.shape[1]
     mask = attn.repeat_interleave(K, dim=0)
-    mask = None if bool(mask.all()) else mask  # no padding: let the model skip building an attention mask
+    # no padding: let the model skip building an attention mask; else reserve its decode columns too
+    full_mask = None if bool(mask.all()) else torch.cat([mask, mask.new_ones(B, max_new_tokens)], dim=1)
     position = attn.sum(dim=1, keepdim=True).repeat_interleave(K, dim=0) - 1  # (B, 1) last prompt position
     unfinished = torch.ones(B, dtype=torch.bool, device=ids.device)
     tokens, logps = [], []
@@ -324,8 +369,7 @@ def sample_with_cache(policy, ids: Tensor, attn: Tensor, K: int, max_new_tokens:
         if t == max_new_tokens - 1 or not bool(unfinished.any()):
             break
         position = position + 1
-        if mask is not None:
-            mask = torch.cat([mask, mask.new_ones(B, 1)], dim=1)
+        mask = None if full_mask is None else full_mask[:, :prompt_len + t + 1]
         out = policy(input_ids=token[:, None], attention_mask=mask, position_ids=position, use_cache=True,
                      **{key: cache})
         logits = out.logits[:, -1].float()
@@ -371,8 +415,10 @@ def generate_hf(policy, processor, problems: list[dict], cfg, generator: torch.G
     mask = ((is_eos.cumsum(dim=1) - is_eos.long()) == 0).long()
     finished = is_eos.any(dim=1)
     # Decode without skip_special_tokens: <think>/<answer> may be special tokens and the reward needs them.
-    texts = [tok.decode(row[(m == 1) & (row != tok.eos_token_id)].tolist(), skip_special_tokens=False)
-             for row, m in zip(completion, mask, strict=True)]
+    # The text is the prefix before the first EOS.
+    text_lengths = ((mask == 1) & ~is_eos).sum(dim=1).tolist()
+    texts = tok.batch_decode([row[:n] for row, n in zip(completion.tolist(), text_lengths, strict=True)],
+                             skip_special_tokens=False)
     return Rollouts(
         prompt_ids=ids, prompt_mask=attn, completion_ids=completion, completion_mask=mask,
         rollout_logp=torch.zeros(mask.shape) if logp is None else torch.where(mask.bool(), logp, 0.0),

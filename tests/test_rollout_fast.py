@@ -262,3 +262,23 @@ def test_cpu_decode_attention_swaps_the_model_and_restores_sdpa():
     vlm, _ = build_toy_model(multimodal=True, seed=0)  # composite: left alone
     with rollout.cpu_decode_attention(vlm):
         assert vlm.config._attn_implementation == "sdpa"
+
+
+def test_reserved_cache_writes_in_place_and_matches_concatenation(eos_prone_model, prompts):
+    model, _ = eos_prone_model
+    ids, attn = prompts
+    dynamic, _ = rollout.prefill_shared_prompts(model, ids, attn, K)
+    reserved, _ = rollout.prefill_shared_prompts(model, ids, attn, K)
+    rollout.reserve_cache(reserved, 2)
+    layer = reserved.layers[0]
+    buffer = layer.key_buffer.data_ptr()
+    for _ in range(2):
+        new_k = torch.randn(ids.shape[0] * K, *dynamic.layers[0].keys.shape[1:2], 1, dynamic.layers[0].keys.shape[-1])
+        new_v = torch.randn_like(new_k)
+        expected = dynamic.layers[0].update(new_k, new_v)
+        got = layer.update(new_k, new_v)
+        assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
+    assert layer.keys.data_ptr() == buffer  # a view of the reserved buffer: nothing was reallocated
+    assert reserved.get_seq_length() == dynamic.get_seq_length() == ids.shape[1] + 2
+    with pytest.raises(RuntimeError, match="reserved for"):
+        layer.update(new_k, new_v)

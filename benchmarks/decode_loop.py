@@ -1,10 +1,12 @@
-"""CPU decode attention: the lean sampling loop with `rollout.grouped_decode_attention` vs transformers' sdpa.
+"""The lean CPU sampling loop with and without one of its speedups, side by side in one process.
 
-Side by side in one process, alternating A/B rounds: one toy-world rollout (64 prompts x 8 samples, max 48 new
-tokens, the RL-lift recipe's batch) from the toy base policy, timed per round; prints the medians, their ratio, and
-whether both sampled the same tokens from the same seed.
+`--without attention`: transformers' sdpa instead of `rollout.grouped_decode_attention`;
+`--without cache`: the growing `DynamicCache` (a `torch.cat` per token and layer) instead of `rollout.reserve_cache`.
+Alternating A/B rounds of one toy-world rollout (64 prompts x 8 samples, max 48 new tokens, the RL-lift recipe's
+batch) from the toy base policy, timed per round; prints the medians, their ratio, and whether both sampled the
+same tokens from the same seed.
 
-    python benchmarks/decode_attention.py --rounds 6 --threads 2
+    python benchmarks/decode_loop.py --without cache --rounds 8 --threads 2
 
 Results go into benchmarks/RESULTS.md (machine, date, numbers).
 """
@@ -25,6 +27,7 @@ from eureka_kit.train import load_problems
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--without", choices=["attention", "cache"], default="cache")
     ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--prompts", type=int, default=64)
@@ -35,17 +38,19 @@ def main() -> None:
                                 max_len=48)
     policy, processor = models.load(cfg.model, seed=args.seed)
     problems = load_problems(cfg)
-    grouped = rollout.cpu_decode_attention
+    name = {"attention": "cpu_decode_attention", "cache": "reserve_cache"}[args.without]
+    speedup = getattr(rollout, name)
+    disabled = {"attention": lambda policy: contextlib.nullcontext(), "cache": lambda cache, extra: None}[args.without]
 
-    def sample(use_grouped: bool, round_: int):
-        rollout.cpu_decode_attention = grouped if use_grouped else (lambda policy: contextlib.nullcontext())
+    def sample(with_speedup: bool, round_: int):
+        setattr(rollout, name, speedup if with_speedup else disabled)
         try:
             chunk = problems[round_ * args.prompts:(round_ + 1) * args.prompts]
             t0 = time.perf_counter()
             ro = rollout.generate(policy, processor, chunk, cfg, torch.Generator().manual_seed(round_))
             return time.perf_counter() - t0, ro
         finally:
-            rollout.cpu_decode_attention = grouped
+            setattr(rollout, name, speedup)
 
     sample(True, 0), sample(False, 0)  # warm-up
     times = {True: [], False: []}
@@ -54,9 +59,9 @@ def main() -> None:
         (t_new, a), (t_old, b) = sample(True, r), sample(False, r)
         times[True].append(t_new), times[False].append(t_old)
         same &= torch.equal(a.completion_ids, b.completion_ids)
-        print(f"round {r}: grouped {t_new:.3f} s  sdpa {t_old:.3f} s  mean length {a.lengths.float().mean():.1f}")
+        print(f"round {r}: with {t_new:.3f} s  without {t_old:.3f} s  mean length {a.lengths.float().mean():.1f}")
     new, old = statistics.median(times[True]), statistics.median(times[False])
-    print(f"\nmedian rollout s: grouped {new:.3f}  sdpa {old:.3f}  decode_attention_speedup={old / new:.3f}  "
+    print(f"\nmedian rollout s: with {name} {new:.3f}  without {old:.3f}  {args.without}_speedup={old / new:.3f}  "
           f"same tokens: {same}  (torch threads {args.threads}, {args.prompts} prompts x {cfg.group_size})")
 
 
