@@ -6,6 +6,8 @@ contiguous runs of `group_size` rows. Refilling the batch until it is full is th
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -63,3 +65,17 @@ def take_until_full(kept_so_far: int, keep: Tensor, target: int) -> Tensor:
     """
     room = max(target - kept_so_far, 0)
     return keep.nonzero(as_tuple=True)[0][:room]
+
+
+def refill_prompts(missing_rows: float, passed_rows: float, seen_rows: float, group_size: int, full: int, *,
+                   margin: float = 1.5, minimum: int = 8) -> int:
+    """How many prompts a refill rollout draws: enough to fill `missing_rows` at this step's pass rate so far
+    (`passed_rows / seen_rows`), times `margin`, within [`minimum`, `full`]; `full` while nothing has passed.
+
+    Which rows are trained does not depend on it (the first kept rows in stream order, `take_until_full`): a
+    right-sized refill only stops the last rollout of a step from sampling a whole batch for a few groups.
+    """
+    if passed_rows <= 0 or seen_rows <= 0:
+        return full
+    needed = margin * missing_rows / (group_size * passed_rows / seen_rows)
+    return int(min(full, max(minimum, math.ceil(needed))))

@@ -42,6 +42,7 @@ from eureka_kit.rollout_vllm import sync_weights as sync_vllm_weights
 from eureka_kit.runs import RunDir
 
 MAX_ROLLOUTS_PER_STEP = 8
+REFILL_MARGIN = 1.5  # a refill draws 1.5x the prompts the step's pass rate says are missing (fewer extra refills)
 
 
 @dataclass
@@ -226,15 +227,23 @@ def collect_batch(policy, processor, stream: ProblemStream, cfg: RunConfig, gen:
                   world: World = SINGLE_PROCESS):
     """Roll out until `rollout_batch_size` prompts pass the active filter (whole groups, first come).
 
-    Under several processes each rank fills its share from its slice of the shared stream; a full rank keeps
-    rolling out (and discarding) while another refills, so the streams and collectives stay in step."""
+    The first rollout draws `rollout_batch_size` prompts; a refill draws what the pass rate so far says is
+    missing (`filters.refill_prompts`). Under several processes each rank fills its share from its slice of the
+    shared stream (draw sizes come from counts summed over ranks, so every rank takes the same prompts); a full
+    rank keeps rolling out (and discarding) while another refills, so the streams and collectives stay in step."""
     target = cfg.rollout_batch_size * cfg.group_size // world.size
-    parts, scores, kept, num_rollouts, num_seen = [], [], 0, 0, 0
+    parts, scores, kept, passed, num_rollouts, num_seen, num_prompts = [], [], 0, 0, 0, 0, 0
     skipped_before = stream.skipped
     while world.any(kept < target) and num_rollouts < MAX_ROLLOUTS_PER_STEP:
-        ro = rollout.generate(policy, processor, world.shard(stream.take(cfg.rollout_batch_size)), cfg, gen)
+        draw = cfg.rollout_batch_size
+        if num_rollouts:
+            draw = filters.refill_prompts(world.sum(float(target - kept)), world.sum(float(passed)),
+                                          world.sum(float(num_seen)), cfg.group_size, cfg.rollout_batch_size,
+                                          margin=REFILL_MARGIN, minimum=8)
+            draw = min(cfg.rollout_batch_size, -(-draw // world.size) * world.size)  # shard() splits it evenly
+        ro = rollout.generate(policy, processor, world.shard(stream.take(draw)), cfg, gen)
         sc = _score(ro, cfg)
-        num_rollouts, num_seen = num_rollouts + 1, num_seen + len(ro.texts)
+        num_rollouts, num_seen, num_prompts = num_rollouts + 1, num_seen + len(ro.texts), num_prompts + draw
         if cfg.skip_zero_variance:
             stream.skip(world.all_gather(_zero_variance_problems(ro, sc["accuracy"], stream, cfg.group_size)))
         if cfg.online_filter:
@@ -243,12 +252,13 @@ def collect_batch(policy, processor, stream: ProblemStream, cfg: RunConfig, gen:
             keep = filters.dynamic_sampling_mask(sc["accuracy"], cfg.group_size)
         else:
             keep = torch.ones(len(ro.texts), dtype=torch.bool)
+        passed += int(keep.sum())
         index = filters.take_until_full(kept, keep, target)
         if len(index):
             parts.append(ro.select(index))
             scores.append({k: v[index] for k, v in sc.items()})
             kept += len(index)
-    stats = {"filter/rollouts": num_rollouts, "filter/kept_frac": kept / max(num_seen, 1),
+    stats = {"filter/rollouts": num_rollouts, "filter/prompts": num_prompts, "filter/kept_frac": kept / max(num_seen, 1),
              "filter/short_batch": float(kept < target), "filter/skipped_draws": stream.skipped - skipped_before}
     common = world.min(kept)  # ranks step in lockstep, so each trains on the shortest rank's number of responses
     if not common:

@@ -68,3 +68,15 @@ def test_take_until_full():
     assert filters.take_until_full(0, keep, 100).tolist() == [0, 2, 3, 4, 6]
     assert filters.take_until_full(8, keep, 8).tolist() == []
     assert filters.take_until_full(9, keep, 8).tolist() == []
+
+
+def test_refill_prompts_sizes_the_refill_by_the_pass_rate():
+    # nothing passed yet: no rate to go by, so a whole batch
+    assert filters.refill_prompts(256, 0, 512, group_size=8, full=64) == 64
+    # 40 rows missing at 472/1024 passed: 1.5 * 40 / (8 * 0.4609) = 16.27 -> 17 prompts
+    assert filters.refill_prompts(40, 472, 1024, group_size=8, full=64) == 17
+    assert filters.refill_prompts(40, 472, 1024, group_size=8, full=64, margin=1.0) == 11  # 10.85 -> 11
+    # 256 missing at 230/512: 106.8 prompts, capped at the full batch; 8 missing at 0.5: 3, raised to the minimum
+    assert filters.refill_prompts(256, 230, 512, group_size=8, full=64) == 64
+    assert filters.refill_prompts(8, 256, 512, group_size=8, full=64) == 8
+    assert filters.refill_prompts(8, 256, 512, group_size=8, full=64, minimum=2) == 3

@@ -139,6 +139,35 @@ def test_online_filter_trains_only_on_mixed_groups(tmp_path, problems):
         assert run.history[step]["reward/frac_zero_std"] == 0.0
 
 
+def test_online_filter_refills_with_a_draw_sized_by_the_pass_rate(tmp_path, problems, monkeypatch):
+    """Three groups in four are mixed (one right answer), the fourth all wrong: the first rollout of 16 prompts
+    keeps 12 groups = 48 of the 64 rows; the refill draws 1.5 * 16 / (4 * 0.75) = 8 prompts, not 16, and fills."""
+    from eureka_kit import rewards
+
+    groups_seen = []
+
+    def score_batch(completions, golds, **_):
+        out = []
+        for i in range(len(completions)):
+            group = len(groups_seen) + i // 4
+            out.append(dict(accuracy=float(i % 4 == 0 and group % 4 != 3), format=0.0, total=0.0, timeout=0.0))
+        groups_seen.extend(range(len(completions) // 4))
+        for row in out:
+            row["total"] = row["accuracy"]
+        return out
+
+    monkeypatch.setattr(rewards, "score_batch", score_batch)
+    model, tok = build_toy_model(seed=3)
+    cfg = RunConfig.from_preset("grpo", run_dir=str(tmp_path / "r"), online_filter=True,
+                                **{**SMALL, "rollout_batch_size": 16, "train_batch_size": 64, "micro_batch_size": 32,
+                                   "num_steps": 1})
+    run = train(cfg, policy=model, processor=tok, problems=problems, progress=False)
+    step = run.history[0]
+    assert (step["filter/rollouts"], step["filter/prompts"], step["filter/short_batch"]) == (2, 24, 0.0)
+    assert len(groups_seen) == 24
+    assert len(run.dir.rollouts(0)) == 64  # a full batch: 48 rows from the first rollout, 16 from the refill
+
+
 def test_all_groups_filtered_skips_the_update(tmp_path, problems, monkeypatch):
     from eureka_kit import rewards
 
