@@ -38,9 +38,9 @@ def main() -> None:
                                 max_len=48)
     policy, processor = models.load(cfg.model, seed=args.seed)
     problems = load_problems(cfg)
-    name = {"attention": "cpu_decode_attention", "cache": "reserve_cache"}[args.without]
+    name, disabled = {"attention": ("cpu_decode_attention", lambda policy: contextlib.nullcontext()),
+                      "cache": ("reserve_cache", lambda cache, extra: None)}[args.without]
     speedup = getattr(rollout, name)
-    disabled = {"attention": lambda policy: contextlib.nullcontext(), "cache": lambda cache, extra: None}[args.without]
 
     def sample(with_speedup: bool, round_: int):
         setattr(rollout, name, speedup if with_speedup else disabled)

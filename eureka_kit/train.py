@@ -239,7 +239,7 @@ def collect_batch(policy, processor, stream: ProblemStream, cfg: RunConfig, gen:
         if num_rollouts:
             draw = filters.refill_prompts(world.sum(float(target - kept)), world.sum(float(passed)),
                                           world.sum(float(num_seen)), cfg.group_size, cfg.rollout_batch_size,
-                                          margin=REFILL_MARGIN, minimum=8)
+                                          margin=REFILL_MARGIN)
             draw = min(cfg.rollout_batch_size, -(-draw // world.size) * world.size)  # shard() splits it evenly
         ro = rollout.generate(policy, processor, world.shard(stream.take(draw)), cfg, gen)
         sc = _score(ro, cfg)

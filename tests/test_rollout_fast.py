@@ -272,8 +272,9 @@ def test_reserved_cache_writes_in_place_and_matches_concatenation(eos_prone_mode
     rollout.reserve_cache(reserved, 2)
     layer = reserved.layers[0]
     buffer = layer.key_buffer.data_ptr()
+    B, H, _, D = dynamic.layers[0].keys.shape
     for _ in range(2):
-        new_k = torch.randn(ids.shape[0] * K, *dynamic.layers[0].keys.shape[1:2], 1, dynamic.layers[0].keys.shape[-1])
+        new_k = torch.randn(B, H, 1, D)
         new_v = torch.randn_like(new_k)
         expected = dynamic.layers[0].update(new_k, new_v)
         got = layer.update(new_k, new_v)

@@ -147,14 +147,9 @@ def test_online_filter_refills_with_a_draw_sized_by_the_pass_rate(tmp_path, prob
     groups_seen = []
 
     def score_batch(completions, golds, **_):
-        out = []
-        for i in range(len(completions)):
-            group = len(groups_seen) + i // 4
-            out.append(dict(accuracy=float(i % 4 == 0 and group % 4 != 3), format=0.0, total=0.0, timeout=0.0))
+        accuracy = [float(i % 4 == 0 and (len(groups_seen) + i // 4) % 4 != 3) for i in range(len(completions))]
         groups_seen.extend(range(len(completions) // 4))
-        for row in out:
-            row["total"] = row["accuracy"]
-        return out
+        return [dict(accuracy=a, format=0.0, total=a, timeout=0.0) for a in accuracy]
 
     monkeypatch.setattr(rewards, "score_batch", score_batch)
     model, tok = build_toy_model(seed=3)
