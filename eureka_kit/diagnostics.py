@@ -72,6 +72,23 @@ def policy_stats(
 
 
 @torch.no_grad()
+def advantage_stats(adv: Tensor, mask: Tensor) -> dict[str, float]:
+    """adv/mean and adv/abs_max, per response.
+
+    adv: (B,) one advantage per response, or (B, T) per-token (step) advantages; mask: (B, T) valid tokens.
+    A (B, T) advantage counts only valid tokens: a response's advantage is the mean over its valid tokens
+    (padding would otherwise pull the mean towards 0), and abs_max is over valid tokens. A response without
+    valid tokens counts as 0.
+    """
+    if adv.dim() == 1:
+        return {"adv/mean": adv.double().mean().item(), "adv/abs_max": adv.abs().max().item()}
+    valid = mask.bool()
+    per_response = (adv.double() * valid).sum(dim=1) / valid.sum(dim=1).clamp(min=1)
+    return {"adv/mean": per_response.mean().item(),
+            "adv/abs_max": adv[valid].abs().max().item() if valid.any() else 0.0}
+
+
+@torch.no_grad()
 def reference_kl_stats(logp: Tensor, ref_logp: Tensor, mask: Tensor) -> dict[str, float]:
     """kl/ref_k1 and kl/ref_k3: mean estimates of KL(pi_theta || pi_ref) over valid tokens."""
     u = (logp - ref_logp)[mask.bool()].double()

@@ -438,13 +438,13 @@ def train(cfg: RunConfig, *, policy=None, processor=None, problems: list[dict] |
         valid_tokens = mask.sum().clamp(min=1)
         dt = time.perf_counter() - t0
         metrics.update(_merge_stats(step_stats))
+        metrics.update(diagnostics.advantage_stats(adv, mask))
         metrics.update({
             "reward/mean": scored["total"].mean().item(),
             "reward/std": scored["total"].std().item() if B > 1 else 0.0,
             "reward/accuracy": scored["accuracy"].mean().item(),
             "reward/format_frac": (scored["format"] > 0).float().mean().item(),
             "reward/frac_zero_std": zero_std,
-            "adv/mean": adv.mean().item(), "adv/abs_max": adv.abs().max().item(),
             "rollout/len_mean": lengths.mean().item(),
             "rollout/truncated_frac": ro.truncated.float().mean().item(),
             "rollout/logp_mismatch": ((ro.rollout_logp - old_logp).abs() * mask).sum().item() / valid_tokens.item()

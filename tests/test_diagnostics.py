@@ -144,3 +144,13 @@ def test_a_model_that_was_always_well_formatted_is_not_flagged():
 
 def test_missing_metrics_are_skipped():
     assert diagnostics.collapse_warnings([{"step": i} for i in range(20)]) == []
+
+
+def test_advantage_stats_per_response_and_per_token():
+    assert diagnostics.advantage_stats(torch.tensor([1.0, -3.0, 0.5, 0.5]), torch.ones(4, 2)) == \
+        {"adv/mean": -0.25, "adv/abs_max": 3.0}
+    # step advantages: row 0 has 2 valid tokens (2, 4) -> 3; row 1 has 1 valid token (-1) -> -1; padding (9, -7)
+    # must count neither in the mean nor in the max
+    adv = torch.tensor([[2.0, 4.0, 9.0], [-1.0, -7.0, -7.0]])
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+    assert diagnostics.advantage_stats(adv, mask) == {"adv/mean": 1.0, "adv/abs_max": 4.0}
