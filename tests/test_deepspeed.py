@@ -3,7 +3,8 @@
 Runs in the DeepSpeed venv (`make test-deepspeed`); skipped where deepspeed is not installed. Each run is
 two RL steps of the toy model on the same prompts and sampled responses, so ZeRO-2 and ZeRO-3 in two
 processes must reproduce the one-process torch run's losses, gradient norms and weights; a ZeRO-2 run
-resumed from its step-0 checkpoint must reproduce its own second step (the optimizer partitions reload).
+resumed from its step-0 checkpoint must reproduce its own second step (the optimizer partitions reload); a
+NaN loss on one rank makes every rank skip that step.
 GPU paths (nccl, bf16, offload) are not exercised here.
 """
 
@@ -46,6 +47,14 @@ def per_prompt(policy, processor, problems, cfg, generator=None, **kwargs):
     return Rollouts.concat([sample(policy, processor, [p], cfg, torch.Generator().manual_seed(zlib.crc32(p["id"].encode())),
                                    **kwargs) for p in problems])
 rollout.generate = per_prompt
+if os.environ.get("NAN_RANK") == os.environ.get("RANK", "0"):  # poison one micro-batch's loss on one rank
+    from eureka_kit import losses
+    real_loss, calls = losses.policy_loss, []
+    def poisoned(*args, **kwargs):
+        loss, stats = real_loss(*args, **kwargs)
+        calls.append(1)
+        return (loss * float("nan") if len(calls) - 1 == int(os.environ["NAN_CALL"]) else loss), stats
+    losses.policy_loss = poisoned
 
 from eureka_kit.config import RunConfig
 from eureka_kit.models import build_toy_model
@@ -69,13 +78,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _launch(tmp: Path, run_dir: Path, zero_stage: int, processes: int, resume: bool = False) -> None:
+def _launch(tmp: Path, run_dir: Path, zero_stage: int, processes: int, resume: bool = False,
+            extra_env: dict[str, str] | None = None) -> None:
     script = tmp / "child.py"
     script.write_text(CHILD)
     port, procs = str(_free_port()), []
     for rank in range(processes):
         env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-        env.update(PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]), OMP_NUM_THREADS="1")
+        env.update(PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]), OMP_NUM_THREADS="1",
+                   **(extra_env or {}))
         if processes > 1:
             env.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(processes), MASTER_ADDR="127.0.0.1",
                        MASTER_PORT=port)
@@ -150,3 +161,17 @@ def test_each_rank_saves_its_optimizer_partition_and_a_resumed_run_repeats_the_s
         assert resumed[1][key] == pytest.approx(whole[1][key], rel=1e-5, abs=1e-7), key
     for k, v in _weights(runs / "zero2", 1).items():
         torch.testing.assert_close(_weights(runs / "resumed", 1)[k], v, rtol=0, atol=1e-6)
+
+
+def test_a_nan_loss_on_one_rank_skips_the_step_on_every_rank(runs, tmp_path):
+    # rank 1's first micro-batch of step 1 (2 micro-batches per rank and step) has a NaN loss; rank 0's are
+    # finite. Both ranks must still join the gradient reduction (no hang), then drop the step together.
+    _launch(tmp_path, tmp_path / "poisoned", zero_stage=2, processes=2, extra_env=dict(NAN_RANK="1", NAN_CALL="2"))
+    for rank in (0, 1):
+        history = _result(tmp_path, "poisoned", rank)["history"]
+        assert [h["optim/skipped_steps"] for h in history] == [0.0, 1.0], rank
+    before, after = _weights(tmp_path / "poisoned", 0), _weights(tmp_path / "poisoned", 1)
+    assert all(torch.equal(after[k], before[k]) for k in before), "the skipped step moved the weights"
+    clean = _weights(runs / "zero2", 0)  # step 0 is the unpoisoned run's step 0
+    assert all(torch.equal(before[k], clean[k]) for k in clean)
+    assert any(not torch.equal(_weights(runs / "zero2", 1)[k], clean[k]) for k in clean)  # unpoisoned: it moves
