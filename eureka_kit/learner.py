@@ -21,7 +21,8 @@ DeepSpeed's defaults, each for the loop's exact-accumulation contract (distribut
   backward, and the step is skipped on every rank when any rank saw one, as in the torch path.
 * bf16 stays torch autocast over fp32 weights (DeepSpeed's bf16 mode would cast the weights themselves).
 Checkpoints: rank 0 writes the whole model (gathered under ZeRO-3) as in the torch path; each rank adds its
-optimizer partition through `engine.save_checkpoint` under `<checkpoint>/zero/`.
+optimizer partition through `engine.save_checkpoint` under `<checkpoint>/zero/` (under ZeRO-2 without the module's
+weights, which the fp32 partitions restore).
 """
 
 from __future__ import annotations
@@ -171,7 +172,14 @@ class ZeroLearner:
         return {"scheduler": self.scheduler.state_dict()}  # the optimizer partitions go to save_sharded
 
     def save_sharded(self, folder: Path) -> None:
-        self.engine.save_checkpoint(str(folder / "zero"), tag="zero", save_latest=False)
+        if self.cfg.zero_stage == 2:
+            # The whole model is already in model.safetensors and, in fp32, in the optimizer partitions; ZeRO-2's
+            # module state would be a third full copy (ZeRO-3's holds only placeholders), so it is left empty.
+            self.engine.module_state_dict = lambda *args, **kwargs: {}
+        try:
+            self.engine.save_checkpoint(str(folder / "zero"), tag="zero", save_latest=False)
+        finally:
+            self.engine.__dict__.pop("module_state_dict", None)
         self.world.barrier()
 
     def restore(self, folder: Path, state: dict[str, Any]) -> None:
@@ -179,8 +187,12 @@ class ZeroLearner:
             raise FileNotFoundError(f"checkpoint {folder}: no DeepSpeed optimizer state under zero/ (the run was "
                                     f"killed while writing it, or ran without ZeRO); delete this checkpoint to "
                                     f"resume from the one before")
+        # ZeRO-2's saved module state is empty (save_sharded): the module gets its weights from model.safetensors
+        from eureka_kit.train import load_weights
+
+        from_safetensors = (lambda src, dst: load_weights(dst, folder)) if self.cfg.zero_stage == 2 else None
         self.engine.load_checkpoint(str(folder / "zero"), tag="zero", load_optimizer_states=True,
-                                    load_lr_scheduler_states=False)
+                                    load_lr_scheduler_states=False, custom_load_fn=from_safetensors)
         self.scheduler.load_state_dict(state["scheduler"])
 
 

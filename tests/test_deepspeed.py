@@ -155,6 +155,10 @@ def test_each_rank_saves_its_optimizer_partition_and_a_resumed_run_repeats_the_s
     zero_dir = runs / "zero2" / "checkpoints" / "step_000000" / "zero" / "zero"
     shards = sorted(p.name for p in zero_dir.iterdir() if "optim_states" in p.name)
     assert len(shards) == 2, sorted(p.name for p in zero_dir.iterdir())
+    # no third copy of the weights: the module state DeepSpeed writes is left empty (the model is in
+    # model.safetensors and, in fp32, in the optimizer partitions)
+    model_states = zero_dir / "mp_rank_00_model_states.pt"
+    assert model_states.stat().st_size < 0.1 * (zero_dir.parents[1] / "model.safetensors").stat().st_size
     resumed, whole = _result(runs, "resumed")["history"], _result(runs, "zero2")["history"]
     assert [h["step"] for h in resumed] == [0, 1]  # step 0 from the metrics file, step 1 trained again
     for key in KEYS:
