@@ -3,6 +3,7 @@ notebook executed under papermill with its smallest parameters."""
 
 from __future__ import annotations
 
+import ast
 import json
 import shutil
 import subprocess
@@ -35,6 +36,13 @@ def test_one_parameters_cell_and_no_outputs(path):
     book = nbformat.read(path, as_version=4)
     tagged = [c for c in book.cells if "parameters" in c.metadata.get("tags", [])]
     assert len(tagged) == 1, f"{path.name}: {len(tagged)} cells tagged 'parameters'"
+    # papermill must see every parameter: a line it cannot parse (e.g. an '=' inside the comment) is skipped
+    # with a warning, and that parameter then goes missing from `papermill --help-notebook` and reports
+    from papermill.translators import PythonTranslator
+
+    assigned = [t.id for node in ast.parse(tagged[0].source).body if isinstance(node, (ast.Assign, ast.AnnAssign))
+                for t in (node.targets if isinstance(node, ast.Assign) else [node.target])]
+    assert [p.name for p in PythonTranslator.inspect(tagged[0])] == assigned, path.name
     for i, cell in enumerate(book.cells):
         if cell.cell_type == "code":
             assert not cell.outputs, f"{path.name} cell {i} has outputs: strip them before committing"

@@ -17,7 +17,7 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 OUT = Path(__file__).resolve().parents[1] / "notebooks"
 
 RL_PARAMS = '''model: str = "toy"  # 'toy' or a local transformers model folder
-data_path: str = ""  # local MMK12 folder ('' = the toy world)
+data_path: str = ""  # local MMK12 folder; empty: the toy world
 num_steps: int = {num_steps}  # RL steps per arm
 rollout_batch_size: int = {rollout_batch_size}  # prompts per step
 group_size: int = {group_size}  # responses per prompt
@@ -525,7 +525,7 @@ policy), advantage, clip events or entropy, beside the sample's group and reward
 the step's loss under another preset on exactly the same saved batch. If `run_dir` is empty, a small demo run
 is trained first. Every callback is a thin wrapper over `eureka_kit.explorer` (tested without a browser).
 """),
-    ("params", '''run_dir: str = ""  # a run directory or a folder of runs ('' = train a small demo run)
+    ("params", '''run_dir: str = ""  # a run directory or a folder of runs; empty: train a small demo run
 preset: str = "grpo"  # preset of the demo run
 replay_preset: str = "cpgd"  # preset the replay panel compares with
 num_steps: int = 6  # demo run steps
@@ -627,7 +627,7 @@ rollout_budget: int = 160  # rollouts per problem (never exceeded)
 max_len: int = 128  # max tokens of a continuation / candidate
 prm_epochs: int = 5  # PRM training epochs
 test_per_level: int = 16  # math test problems per level for best-of-N
-bon_n: int = 16  # candidates per test problem (N = 1, 2, 4, ... up to this)
+bon_n: int = 16  # candidates per test problem: best-of-N for N in 1, 2, 4, ... up to this
 rl_steps: int = 20  # RL steps per arm (with and without process signal)
 rl_batch: int = 8  # prompts per RL step (8 responses each)
 process_weight: float = 0.5  # w of the step advantage
