@@ -22,7 +22,7 @@ DeepSpeed's defaults, each for the loop's exact-accumulation contract (distribut
 * bf16 stays torch autocast over fp32 weights (DeepSpeed's bf16 mode would cast the weights themselves).
 Checkpoints: rank 0 writes the whole model (gathered under ZeRO-3) as in the torch path; each rank adds its
 optimizer partition through `engine.save_checkpoint` under `<checkpoint>/zero/` (under ZeRO-2 without the module's
-weights, which the fp32 partitions restore).
+weights: resume loads them from model.safetensors).
 """
 
 from __future__ import annotations
