@@ -23,10 +23,11 @@ from pathlib import Path
 import torch
 
 from eureka_kit import evaluate, models
+from eureka_kit.checkpoints import load_weights
 from eureka_kit.config import RunConfig
 from eureka_kit.runs import RunDir
 from eureka_kit.tasks import toyworld
-from eureka_kit.train import load_weights, train
+from eureka_kit.train import train
 
 
 def _value(text: str):

@@ -84,12 +84,15 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def _sft(args: argparse.Namespace) -> int:
+    import os
+
     from eureka_kit.config import RunConfig
     from eureka_kit.sft import sft
 
     overrides = {k: v for k, v in vars(args).items() if k in _config_fields() and v is not None}
     run = sft(RunConfig.from_preset(args.preset, **overrides))
-    print(f"run directory: {run.path}")
+    if os.environ.get("RANK", "0") == "0":  # under torchrun every rank gets here
+        print(f"run directory: {run.path}")
     return 0
 
 

@@ -174,9 +174,10 @@ class RunConfig:
     surrogate: str = "cpg"
     """pg | cpg (log-ratio clip) | ppo_clip | cispo (TRL absolute cap) | cispo_verl (1+eps form) | gspo | gspo_token"""
     eps_low: float = 0.2
-    """lower clip width: ratio floor 1 - eps_low (log-ratio floor ln(1 - eps_low) for cpg)"""
+    """lower clip width: ratio floor 1 - eps_low (log-ratio floor ln(1 - eps_low) for cpg); > 0, and
+    eps_low >= 1 means no lower clip (floor 0, log-ratio floor -inf: losses.ratio_floor), as verl and TRL allow"""
     eps_high: float = 0.2
-    """upper clip width: ratio ceiling 1 + eps_high (DAPO clip-higher: 0.28)"""
+    """upper clip width: ratio ceiling 1 + eps_high (DAPO clip-higher: 0.28); > 0, a large value = no upper clip"""
     dual_clip: float | None = None
     """dual-clip constant c > 1 for A < 0 (loss capped at -c*A); None = off"""
     cispo_cap: float = 5.0
@@ -249,6 +250,11 @@ class RunConfig:
     """reproduce the released reward code's quirks (see rewards.py)"""
     reward_timeout: float = 5.0
     """seconds allowed per reward call; a timeout scores 0"""
+    max_verifier_error_frac: float = 0.5
+    """stop the run (train.VerifierFailure, before training on that step; the last checkpoint is kept) when the
+    verifier raised on more than this share of one step's scored answers (reward/errors; such answers score 0).
+    Time-outs do not count: hard answers time out and score 0 by design (reward/timeouts). 0 = stop at the first
+    error, 1 = never stop"""
     trust_remote_code: bool = False
     """passed to transformers loaders; off unless you trust the model folder"""
     prm_path: str | None = None
@@ -420,8 +426,6 @@ class RunConfig:
                      "temperature", "lr", "reward_timeout"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name}: must be > 0, got {getattr(self, name)!r}")
-        if self.eps_low >= 1:
-            raise ConfigError(f"eps_low: must be in (0, 1) so that 1 - eps_low > 0, got {self.eps_low!r}")
         if self.dual_clip is not None and not self.dual_clip > 1 + self.eps_high:
             raise ConfigError(f"dual_clip: must be None or > 1 + eps_high = {1 + self.eps_high}, "
                               f"got {self.dual_clip!r}")
@@ -437,6 +441,9 @@ class RunConfig:
                               f"got {self.filter_lower!r}, {self.filter_upper!r}")
         if not 0 < self.top_p <= 1:
             raise ConfigError(f"top_p: must be in (0, 1], got {self.top_p!r}")
+        if not 0 <= self.max_verifier_error_frac <= 1:
+            raise ConfigError(f"max_verifier_error_frac: must be a share in [0, 1] (1 = never stop), "
+                              f"got {self.max_verifier_error_frac!r}")
         for name in ("group_size", "rollout_batch_size", "train_batch_size", "micro_batch_size",
                      "update_epochs", "max_len", "max_prompt_len", "num_steps", "logprob_chunk_size", "max_bad_steps"):
             value = getattr(self, name)

@@ -1,4 +1,4 @@
-"""Data-parallel `train()` under a `torchrun` / `deepspeed` launch (RANK, WORLD_SIZE, LOCAL_RANK in the env).
+"""Data-parallel `train()` and `sft()` under a `torchrun` / `deepspeed` launch (RANK, WORLD_SIZE set).
 
 Batch sizes in `RunConfig` stay global, so one config is one experiment on any number of processes:
 `rollout_batch_size` prompts and `train_batch_size` responses are split evenly over the ranks, while
@@ -7,7 +7,8 @@ own contiguous slice of whole prompts (group advantages never cross ranks) with 
 (seed + rank). Micro-batch losses are weighted by the *global* number of aggregation units of the
 minibatch and gradients are summed over the ranks once per optimizer step, so an update equals the
 one-process update on the concatenated batch. Metrics are combined across ranks (`combine_metrics`)
-and rank 0 alone writes the run directory (`RankZeroRunDir`).
+and rank 0 alone writes the run directory (`RankZeroRunDir`). `sft()` splits each step's `train_batch_size`
+reference examples the same way and divides its loss by the token count summed over the ranks.
 
 Departures: gradients are summed after local accumulation, as DDP does under `no_sync()` up to the last
 micro-batch but without DDP's overlap with backward, because `train()` calls the backbone and the chunked
@@ -136,19 +137,29 @@ def from_env(environ: dict[str, str] | None = None) -> World:
                  local_rank=int(env.get("LOCAL_RANK", 0)))
 
 
-def init_world(cfg) -> tuple[World, torch.device]:
-    """This launch's `World` (its process group initialised: nccl on CUDA, gloo on CPU) and this process's device."""
+def check_batch_sizes(cfg, world_size: int, *, rollouts: bool = True) -> None:
+    """ConfigError unless `cfg`'s global batch sizes split evenly over `world_size` processes (`World.shard`
+    would drop the remainder). `rollouts=False` (`sft`): only `train_batch_size` is split, and its reference
+    examples form no groups."""
+    if cfg.train_batch_size % world_size or (rollouts and cfg.rollout_batch_size % world_size):
+        sizes = "rollout_batch_size/train_batch_size" if rollouts else "train_batch_size"
+        got = f"{cfg.rollout_batch_size}/{cfg.train_batch_size}" if rollouts else str(cfg.train_batch_size)
+        raise ConfigError(f"{sizes}: must be divisible by the {world_size} processes (they are global sizes), "
+                          f"got {got}")
+    if rollouts and cfg.aggregation == "group-token-mean" and (cfg.train_batch_size // world_size) % cfg.group_size:
+        raise ConfigError(f"train_batch_size: each of the {world_size} processes needs whole groups of "
+                          f"{cfg.group_size} for aggregation='group-token-mean', got {cfg.train_batch_size}")
+
+
+def init_world(cfg, *, rollouts: bool = True) -> tuple[World, torch.device]:
+    """This launch's `World` (its process group initialised: nccl on CUDA, gloo on CPU) and this process's device.
+    `rollouts`: which batch sizes the loop splits over the ranks (`check_batch_sizes`; False for `sft`)."""
     world = from_env()
     cuda = torch.cuda.is_available()
     device = torch.device("cuda", world.local_rank) if cuda else torch.device("cpu")
     if world.size == 1:
         return world, device
-    if cfg.rollout_batch_size % world.size or cfg.train_batch_size % world.size:
-        raise ConfigError(f"rollout_batch_size/train_batch_size: must be divisible by the {world.size} processes "
-                          f"(they are global sizes), got {cfg.rollout_batch_size}/{cfg.train_batch_size}")
-    if cfg.aggregation == "group-token-mean" and (cfg.train_batch_size // world.size) % cfg.group_size:
-        raise ConfigError(f"train_batch_size: each of the {world.size} processes needs whole groups of "
-                          f"{cfg.group_size} for aggregation='group-token-mean', got {cfg.train_batch_size}")
+    check_batch_sizes(cfg, world.size, rollouts=rollouts)
     if not dist.is_initialized():
         if cuda:
             torch.cuda.set_device(device)

@@ -35,7 +35,11 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 @torch.no_grad()
 def sample_problems(policy, processor, problems: list[dict], cfg: RunConfig, *, num_samples: int = 16,
                     greedy: bool = False, batch_problems: int = 16, seed: int = 0, progress: bool = False) -> pd.DataFrame:
-    """One row per problem: id, subject, level, samples, successes, format_rate, mean_length."""
+    """One row per problem: id, subject, level, samples, successes, format_rate, mean_length.
+
+    Raises rewards.VerifierUnavailable before sampling when the verifier cannot run (it would score every answer 0).
+    """
+    rewards.check_verifier(cfg.reward_timeout)
     gen = torch.Generator().manual_seed(seed)
     rows = []
     chunks = [problems[i:i + batch_problems] for i in range(0, len(problems), batch_problems)]

@@ -1,5 +1,5 @@
-"""The optimizer side of `train()`: plain torch (one process, or data parallel under torchrun) or DeepSpeed
-ZeRO-2/3, behind one small interface so the loop reads the same for both.
+"""The optimizer side of `train()` and `sft()`: plain torch (one process, or data parallel under torchrun) or
+DeepSpeed ZeRO-2/3, behind one small interface so the loops read the same for both.
 
 `make_learner(policy, cfg, world, total_optimizer_steps)` returns a learner with
     backward(loss)          one micro-batch's weighted loss (sums into this minibatch's gradient)
@@ -35,6 +35,7 @@ from typing import Any
 
 import torch
 
+from eureka_kit.checkpoints import load_weights
 from eureka_kit.config import ConfigError, RunConfig
 from eureka_kit.distributed import World
 
@@ -91,8 +92,6 @@ class TorchLearner:
         pass
 
     def restore(self, folder: Path, state: dict[str, Any]) -> None:
-        from eureka_kit.train import load_weights
-
         load_weights(self.policy, folder)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -188,8 +187,6 @@ class ZeroLearner:
                                     f"killed while writing it, or ran without ZeRO); delete this checkpoint to "
                                     f"resume from the one before")
         # ZeRO-2's saved module state is empty (save_sharded): the module gets its weights from model.safetensors
-        from eureka_kit.train import load_weights
-
         from_safetensors = (lambda src, dst: load_weights(dst, folder)) if self.cfg.zero_stage == 2 else None
         self.engine.load_checkpoint(str(folder / "zero"), tag="zero", load_optimizer_states=True,
                                     load_lr_scheduler_states=False, custom_load_fn=from_safetensors)

@@ -36,12 +36,28 @@ def _safe_exp(log_ratio: Tensor) -> Tensor:
     return log_ratio.clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP).exp()
 
 
+def ratio_floor(eps_low: float) -> float:
+    """The ratio's lower clip bound: 1 - eps_low, or 0 when eps_low >= 1.
+
+    eps_low >= 1 means no lower clip, as verl and TRL allow any clip range: a ratio is always > 0, so
+    under the strict `ratio < floor` tests no token falls below a floor of 0.
+    """
+    return max(1.0 - eps_low, 0.0)
+
+
+def log_ratio_floor(eps_low: float) -> float:
+    """ln(ratio_floor(eps_low)): the log-ratio's lower clip bound, -inf (no lower clip) when eps_low >= 1."""
+    floor = ratio_floor(eps_low)
+    return math.log(floor) if floor > 0 else -math.inf
+
+
 # ---------------------------------------------------------------------------------------------
 # Surrogates. Each returns (per_token_loss [B, T], info) where info holds [B, T] bool masks:
 #   clipped_low  - A < 0 and the ratio fell below the lower bound (the gradient is cut)
 #   clipped_high - A > 0 and the ratio rose above the upper bound (the gradient is cut)
 #   (CISPO cuts no gradient: there the masks mark IS weights held at a bound, whatever the sign of A)
 #   dual_clipped - A < 0 and r > c (dual-clip only)
+# eps_low >= 1 turns the lower side off (`ratio_floor`, `log_ratio_floor`): clipped_low is then empty.
 
 
 def pg_loss(log_ratio: Tensor, adv: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
@@ -58,11 +74,15 @@ def cpg_loss(log_ratio: Tensor, adv: Tensor, eps_low: float, eps_high: float) ->
     Written as a `where` over the four regions of ALGORITHMS.md §1.3 so the gradient is exactly
     -A*grad(logp) inside and 0 on the clipped side (no half-gradients at ties). There is no upper
     clip for A < 0: that gradient stays -A*grad(logp), bounded since it carries no ratio factor.
+    eps_low >= 1 means no lower clip (lo = -inf, `log_ratio_floor`): every A < 0 token keeps -A*grad(logp).
     """
-    lo, hi = math.log(1 - eps_low), math.log(1 + eps_high)
+    lo, hi = log_ratio_floor(eps_low), math.log(1 + eps_high)
     clipped_high = (adv > 0) & (log_ratio > hi)
     clipped_low = (adv < 0) & (log_ratio < lo)
-    objective = torch.where(clipped_high, adv * hi, torch.where(clipped_low, adv * lo, adv * log_ratio))
+    # The clipped value clip(delta, lo, hi)*A, held constant. Clamping delta (rather than A*lo) keeps an
+    # infinite lo out of the arithmetic, so no inf/NaN appears even in the branch `where` discards.
+    held = adv * log_ratio.detach().clamp(lo, hi)
+    objective = torch.where(clipped_high | clipped_low, held, adv * log_ratio)
     return -objective, {"clipped_low": clipped_low, "clipped_high": clipped_high}
 
 
@@ -74,12 +94,14 @@ def ppo_clip_loss(
     Dual-clip (Ye et al. 2020), for A < 0 only: objective max(., c*A), i.e. the loss is capped at -c*A
     and the gradient is 0 once r > c. Equal in value and gradient to MM-EUREKA's r <- min(r, c)
     pre-clamp, TRL's `delta`, verl's `clip_ratio_c` and OpenRLHF's `dual_clip` for c > 1 + eps_high.
+    eps_low >= 1 means no lower clip (floor 0, `ratio_floor`): every A < 0 token keeps the gradient -A*r.
     """
     ratio = _safe_exp(log_ratio)
+    floor = ratio_floor(eps_low)
     clipped_high = (adv > 0) & (ratio > 1 + eps_high)
-    clipped_low = (adv < 0) & (ratio < 1 - eps_low)
+    clipped_low = (adv < 0) & (ratio < floor)
     objective = torch.where(
-        clipped_high, adv * (1 + eps_high), torch.where(clipped_low, adv * (1 - eps_low), adv * ratio)
+        clipped_high, adv * (1 + eps_high), torch.where(clipped_low, adv * floor, adv * ratio)
     )
     info = {"clipped_low": clipped_low, "clipped_high": clipped_high}
     if dual_clip is not None:
@@ -104,10 +126,12 @@ def cispo_verl_loss(log_ratio: Tensor, adv: Tensor, eps_low: float, eps_high: fl
     """CISPO, verl form (`loss_mode: cispo`): loss = -sg(clip(r, 1-el, 1+eh)) * A * delta.
 
     `clipped_high`/`clipped_low` mark the weight's upper/lower bound being active (any sign of A; gradient kept).
+    eps_low >= 1 means no lower bound (floor 0, `ratio_floor`): the weight is min(r, 1+eh).
     """
     ratio = _safe_exp(log_ratio)
-    weight = ratio.clamp(1 - eps_low, 1 + eps_high).detach()
-    return -weight * adv * log_ratio, {"clipped_high": ratio > 1 + eps_high, "clipped_low": ratio < 1 - eps_low}
+    floor = ratio_floor(eps_low)
+    weight = ratio.clamp(floor, 1 + eps_high).detach()
+    return -weight * adv * log_ratio, {"clipped_high": ratio > 1 + eps_high, "clipped_low": ratio < floor}
 
 
 def _sequence_log_ratio(log_ratio: Tensor, mask: Tensor) -> Tensor:
@@ -117,9 +141,10 @@ def _sequence_log_ratio(log_ratio: Tensor, mask: Tensor) -> Tensor:
 
 
 def _clipped_sequence_objective(s: Tensor, adv: Tensor, eps_low: float, eps_high: float):
+    floor = ratio_floor(eps_low)
     clipped_high = (adv > 0) & (s > 1 + eps_high)
-    clipped_low = (adv < 0) & (s < 1 - eps_low)
-    objective = torch.where(clipped_high, adv * (1 + eps_high), torch.where(clipped_low, adv * (1 - eps_low), adv * s))
+    clipped_low = (adv < 0) & (s < floor)
+    objective = torch.where(clipped_high, adv * (1 + eps_high), torch.where(clipped_low, adv * floor, adv * s))
     return objective, {"clipped_low": clipped_low, "clipped_high": clipped_high}
 
 
@@ -131,6 +156,7 @@ def gspo_loss(
     The sequence loss is broadcast to every valid token, so `seq-mean-token-mean` aggregation gives
     (1/B) sum_k loss_k exactly (the paper's objective); the unclipped gradient per token is
     -A_k s_k / |y_k| grad(logp). A per-token `adv` is reduced to its masked mean per response.
+    eps_low >= 1 means no lower clip (floor 0, `ratio_floor`), as in `ppo_clip_loss`.
     """
     seq_adv = _per_sequence(adv, mask)
     s = _sequence_log_ratio(log_ratio, mask).exp()

@@ -19,6 +19,11 @@ disabled here (parsing_timeout=None, timeout_seconds=None) and the sympy work ru
 worker *subprocess* (safe from any thread; killed and restarted on timeout; a timeout scores 0).
 Integer gold vs a plain integer answer (the toy world) skips math-verify: `int(a) == int(b)`, which is what
 math-verify returns for such pairs (tests check it).
+
+Verifier failures: an exception inside math-verify scores accuracy 0 (as the released code) and is counted:
+`score` returns `error` = 1 and the exception as `error_message`. A worker that cannot start is no answer's
+fault: `VerifierUnavailable` (naming the command, its exit code and the end of its stderr) propagates out of
+`score` / `score_batch` instead of a 0; `check_verifier` runs that check once before scoring.
 """
 
 from __future__ import annotations
@@ -28,9 +33,11 @@ import os
 import pickle
 import re
 import select
+import shlex
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -187,22 +194,38 @@ def serve_stdio() -> None:
             return
         try:
             reply = ("ok", fn(*args))
-        except Exception as exc:  # noqa: BLE001 - any scoring error scores 0 in the caller
+        except Exception as exc:  # noqa: BLE001 - the caller scores it 0 and counts it as an error
             reply = ("err", repr(exc))
         pickle.dump(reply, out)
         out.flush()
+
+
+class VerifierUnavailable(RuntimeError):
+    """The verifier cannot run at all (its worker does not start, or it fails `check_verifier`): raised to the
+    caller, never scored 0. The message names the cause."""
+
+
+class _WorkerRaised(RuntimeError):
+    """The function raised inside the worker; the message is that exception's repr."""
+
+
+WORKER_START_S = 120  # start-up (imports) is not charged to a call
 
 
 class _Worker:
     """One worker subprocess shared by all threads (calls serialised by a lock).
 
     A plain `python -c` subprocess rather than multiprocessing: spawn/forkserver re-import `__main__`
-    (breaks stdin scripts and unguarded scripts), and fork is unsafe after torch has started threads.
+    (breaks stdin scripts and unguarded scripts), and fork is unsafe after torch has started threads. Its
+    stderr goes to a temporary file, not a pipe (an unread pipe fills and blocks the worker): when the worker
+    dies, the end of that file says why.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, command: list[str] | None = None) -> None:
         self.lock = threading.Lock()
         self.proc: subprocess.Popen | None = None
+        self.stderr: Any = None
+        self.command = command or [sys.executable, "-c", "from eureka_kit.rewards import serve_stdio; serve_stdio()"]
 
     def _read(self, timeout: float) -> Any:
         ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
@@ -213,23 +236,46 @@ class _Worker:
     def _start(self) -> None:
         pkg_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([pkg_parent, os.environ.get("PYTHONPATH", "")])}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", "from eureka_kit.rewards import serve_stdio; serve_stdio()"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+        command = shlex.join(self.command)
+        self.stderr = tempfile.TemporaryFile()
         try:
-            self._read(120)  # start-up (imports) is not charged to a call
-        except (TimeoutError, EOFError) as exc:
-            self._stop()
-            raise RuntimeError("reward worker failed to start") from exc
+            self.proc = subprocess.Popen(self.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                         stderr=self.stderr, env=env)
+        except OSError as exc:
+            self.stderr.close()
+            raise VerifierUnavailable(f"reward worker could not be started: {exc}. Command: {command}") from exc
+        try:
+            self._read(WORKER_START_S)
+        except TimeoutError:
+            raise VerifierUnavailable(f"reward worker did not start within {WORKER_START_S} s. Command: {command}; "
+                                      f"{self._end()}") from None
+        except (EOFError, pickle.UnpicklingError):
+            raise VerifierUnavailable(f"reward worker failed to start. Command: {command}; {self._end()}") from None
+
+    def _end(self) -> str:
+        """Stop the worker and say how it ended: its exit code (killed if still running) and the end of its stderr."""
+        try:
+            self.proc.wait(timeout=1)  # a worker that failed by itself has exited, or is exiting
+        except subprocess.TimeoutExpired:
+            pass
+        code = self.proc.returncode
+        self.stderr.seek(max(0, self.stderr.seek(0, os.SEEK_END) - 2000))
+        tail = self.stderr.read().decode(errors="replace").strip()
+        self._stop()
+        ending = "still running, killed" if code is None else f"exit code {code}"
+        return ending + (f"; its stderr ends with:\n{tail}" if tail else "; nothing on its stderr")
 
     def _stop(self) -> None:
         self.proc.kill()
         self.proc.wait()
         self.proc = None
+        self.stderr.close()
 
     def call(self, fn: Callable, args: tuple, timeout: float) -> Any:
         with self.lock:
-            if self.proc is None or self.proc.poll() is not None:
+            if self.proc is not None and self.proc.poll() is not None:  # exited since the last call
+                self._stop()
+            if self.proc is None:
                 self._start()
             pickle.dump((fn, args), self.proc.stdin)
             self.proc.stdin.flush()
@@ -238,8 +284,10 @@ class _Worker:
             except TimeoutError:
                 self._stop()  # the worker may be stuck in sympy: kill it, the next call starts a fresh one
                 raise TimeoutError(f"reward call exceeded {timeout} s") from None
+            except EOFError:  # it died in the call (a crash, or killed for memory); the next call starts a fresh one
+                raise RuntimeError(f"reward worker died during a call: {self._end()}") from None
             if status == "err":
-                raise RuntimeError(value)
+                raise _WorkerRaised(value)
             return value
 
 
@@ -249,16 +297,49 @@ _WORKER = _Worker()
 def run_with_timeout(fn: Callable, args: tuple, timeout: float | None) -> Any:
     """fn(*args) in the worker process, TimeoutError after `timeout` s; inline when timeout is None.
 
-    `fn` must be picklable (a module-level function). Works from any thread.
+    `fn` must be picklable (a module-level function). Works from any thread. An exception inside fn is raised
+    as a RuntimeError holding its repr; VerifierUnavailable when the worker cannot start.
     """
     if timeout is None:
         return fn(*args)
     return _WORKER.call(fn, args, timeout)
 
 
+_CHECKED: set[str] = set()  # "worker" / "inline": the modes whose `check_verifier` passed in this process
+CHECK_S = 60.0  # the check's time limit: its call imports math-verify and sympy (~1 s, more on a loaded machine)
+
+
+def check_verifier(timeout: float | None = 5.0) -> None:
+    """Raise VerifierUnavailable unless the verifier scores a known-equal pair (1/2 vs 0.5) as correct.
+
+    Runs where `score` would with this `timeout` (a set time limit starts the worker; the check itself gets
+    CHECK_S), so a broken setup fails here, naming the cause, before any answer is scored 0. A pass is
+    remembered for the rest of the process.
+    """
+    mode = "inline" if timeout is None else "worker"
+    if mode in _CHECKED:
+        return
+    try:
+        acc = run_with_timeout(math_verify_accuracy, ("1/2", "0.5", False), None if timeout is None else CHECK_S)
+    except VerifierUnavailable:
+        raise
+    except Exception as exc:  # noqa: BLE001 - whatever it is, every answer would score 0
+        raise VerifierUnavailable(f"the verifier failed its check (1/2 vs 0.5, {mode}): {_describe(exc)}") from exc
+    if acc != 1.0:
+        raise VerifierUnavailable(f"the verifier scored 1/2 vs 0.5 as {acc}, expected 1.0 ({mode}): is "
+                                  f"math-verify (>= 0.8) installed and working?")
+    _CHECKED.add(mode)
+
+
+def _describe(exc: Exception) -> str:
+    """An exception as the message `score` reports: the worker already sends the repr of its own."""
+    return str(exc) if isinstance(exc, _WorkerRaised) else repr(exc)
+
+
 # ---------------------------------------------------------------------------------------------
 # Public scoring API
-def score(completion: str, gold: str, *, compat: bool = False, timeout: float | None = 5.0) -> dict[str, float]:
+def score(completion: str, gold: str, *, compat: bool = False,
+          timeout: float | None = 5.0) -> dict[str, float | str]:
     """Reward parts of one completion.
 
     Args:
@@ -267,37 +348,49 @@ def score(completion: str, gold: str, *, compat: bool = False, timeout: float | 
         compat: reproduce the released code's quirks (module table).
         timeout: seconds for the math-verify part (None = no limit, inline).
     Returns:
-        {"accuracy": 0|1, "format": 0|0.5, "total": accuracy + format, "timeout": 0|1}.
+        {"accuracy": 0|1, "format": 0|0.5, "total": accuracy + format, "timeout": 0|1, "error": 0|1}: `timeout`
+        1 when math-verify ran out of time, `error` 1 when it raised (both score accuracy 0); with error 1 also
+        "error_message": the exception's repr.
+    Raises:
+        VerifierUnavailable: the worker cannot start (no answer is scored then).
     """
     response = response_text(completion)
     if not response.strip():
-        return dict(accuracy=0.0, format=0.0, total=0.0, timeout=0.0)
+        return dict(accuracy=0.0, format=0.0, total=0.0, timeout=0.0, error=0.0)
     fmt = format_reward(response)
-    acc, timed_out = _accuracy(response, str(gold), compat, timeout)
-    return dict(accuracy=acc, format=fmt, total=acc + fmt, timeout=float(timed_out))
+    acc, timed_out, error = _accuracy(response, str(gold), compat, timeout)
+    parts: dict[str, float | str] = dict(accuracy=acc, format=fmt, total=acc + fmt, timeout=float(timed_out),
+                                         error=float(error is not None))
+    if error is not None:
+        parts["error_message"] = error
+    return parts
 
 
-def _accuracy(response: str, gold: str, compat: bool, timeout: float | None) -> tuple[float, bool]:
+def _accuracy(response: str, gold: str, compat: bool, timeout: float | None) -> tuple[float, bool, str | None]:
+    """(accuracy, timed out, the verifier's error message or None)."""
     answer = extract_answer(response, compat)
     if answer is None:
-        return 0.0, False
+        return 0.0, False, None
     letter = gold_letter(gold)
     if letter is not None and not compat:
-        return float(answer_letter(answer) == letter), False
+        return float(answer_letter(answer) == letter), False, None
     fast = _fast_int(gold, answer)
     if fast is not None:
-        return float(fast), False
+        return float(fast), False, None
     try:
-        return float(run_with_timeout(math_verify_accuracy, (answer, gold, compat), timeout)), False
+        return float(run_with_timeout(math_verify_accuracy, (answer, gold, compat), timeout)), False, None
     except TimeoutError:
-        return 0.0, True
-    except Exception:  # noqa: BLE001 - the released code scores any exception 0
-        return 0.0, False
+        return 0.0, True, None
+    except VerifierUnavailable:
+        raise  # not this answer's fault: a 0 would hide that nothing can be scored
+    except Exception as exc:  # noqa: BLE001 - the released code scores any exception 0; here it is also counted
+        return 0.0, False, _describe(exc)
 
 
 def score_batch(completions: list[str], golds: list[str], *, compat: bool = False,
-                timeout: float | None = 5.0, use_format: bool = True) -> list[dict[str, float]]:
-    """`score` for each (completion, gold); `total` leaves out the format part when `use_format` is False."""
+                timeout: float | None = 5.0, use_format: bool = True) -> list[dict[str, float | str]]:
+    """`score` for each (completion, gold); `total` leaves out the format part when `use_format` is False.
+    VerifierUnavailable propagates."""
     out = []
     for c, g in zip(completions, golds, strict=True):
         parts = score(c, g, compat=compat, timeout=timeout)
@@ -331,9 +424,3 @@ def make_reward_fn(*, format_reward: bool = True, compat: bool = False, timeout:
 
     reward.__name__ = "mmeureka_reward"
     return reward
-
-
-def reward_fn_from_config(cfg) -> Callable[..., list[float]]:
-    """`make_reward_fn` with RunConfig's format_reward / mmeureka_compat / reward_timeout."""
-    return make_reward_fn(format_reward=cfg.format_reward, compat=cfg.mmeureka_compat,
-                          timeout=cfg.reward_timeout)

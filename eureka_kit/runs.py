@@ -6,8 +6,9 @@
                                   kind, value, message, and the offending samples (rows of that step's rollouts)
     <run>/rollouts/step_XXXXXX.parquet   one row per response, per-token arrays as list columns
     <run>/problems.parquet        per-problem attempts and successes per step (long format)
-    <run>/checkpoints/step_XXXXXX/ model.safetensors (+ config), optimizer.pt, state.json; written to a
-                                  temporary folder and renamed, so a crash never leaves a half checkpoint
+    <run>/checkpoints/step_XXXXXX/ model.safetensors (+ config), trainer.pt (optimizer, RNG and cursor
+                                  state), state.json; written to a temporary folder and renamed, so a crash
+                                  never leaves a half checkpoint
 
 Everything is plain JSON/parquet so analysts can open it with pandas or polars.
 """

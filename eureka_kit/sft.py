@@ -2,10 +2,13 @@
 
 The SFT arm of the RL-vs-SFT comparison (notebook 13) shares everything with `train.train` but the update:
 the same `RunConfig` (`sft_target`, `train_batch_size` examples per optimizer step, `micro_batch_size` per
-forward, lr schedule, AdamW), the same seeding, problem stream, prompts (`rollout.encode_prompts`), run
-directory, checkpoints and `resume`, and the same progress bar. The loss is the masked next-token
-cross-entropy of the completion tokens, averaged over the optimizer batch's tokens (HF's `labels` loss),
-with log-probs from the chunked, fused head of `ops` (never a [B, T, V] fp32 tensor) at temperature 1.
+forward, lr schedule, AdamW), the same seeding, problem stream, prompts (`rollout.encode_prompts`), learner
+(`learner.make_learner`: plain torch, or DeepSpeed ZeRO-2/3 by `zero_stage`), run directory, checkpoints and
+`resume` (`checkpoints.py`), and the same progress bar. Under torchrun it runs data-parallel as `train` does
+(`distributed.py`): each rank takes its contiguous share of a step's examples, rank 0 writes. The loss is the
+masked next-token cross-entropy of the completion tokens, averaged over the optimizer batch's tokens (HF's
+`labels` loss; under several processes, over the tokens of every rank's share), with log-probs from the
+chunked, fused head of `ops` (never a [B, T, V] fp32 tensor) at temperature 1.
 
 Targets (`sft_target`): `cot` = the row's worked solution `<think>steps</think><answer>n</answer>` (toy
 world rows have one; MMK12 rows do not), `answer` = `<think>answer</think><answer>n</answer>`, the answer
@@ -22,21 +25,13 @@ from torch import Tensor
 from tqdm import tqdm
 
 from eureka_kit import ops, rollout
+from eureka_kit.checkpoints import open_run_dir, save_checkpoint
 from eureka_kit.config import RunConfig
-from eureka_kit.distributed import SINGLE_PROCESS
-from eureka_kit.learner import TorchLearner
+from eureka_kit.distributed import init_world
+from eureka_kit.learner import make_learner
 from eureka_kit.models import tokenizer_of
 from eureka_kit.rollout import Rollouts
-from eureka_kit.runs import RunDir
-from eureka_kit.train import (
-    ProblemStream,
-    Run,
-    _restore,
-    _trainer_state,
-    completion_hidden,
-    load_problems,
-    seed_everything,
-)
+from eureka_kit.train import ProblemStream, Run, completion_hidden, load_problems, seed_everything
 
 
 def sft_completion(problem: dict, target: str) -> str:
@@ -91,6 +86,10 @@ def _teacher_forced(policy, batch: Rollouts, rows: Tensor, cfg: RunConfig) -> tu
     """(logp, hits) of completion rows `rows`: log-probs (b, T) of the reference tokens at temperature 1 and
     whether each is the greedy choice (b, T) bool. One backbone pass over prompt + completion."""
     hidden, weight, bias, targets = completion_hidden(policy, batch, rows, cfg)
+    if hasattr(weight, "ds_id"):  # DeepSpeed ZeRO-3: the head's weight is whole only inside its module's call
+        logits = policy.get_output_embeddings()(hidden.to(weight.dtype))
+        logp = ops.token_logprobs_from_logits(logits, targets, chunk_size=cfg.logprob_chunk_size)
+        return logp, logits.detach().argmax(-1) == targets
     logp = ops.token_logprobs_from_hidden(hidden, weight, targets, chunk_size=cfg.logprob_chunk_size, bias=bias)
     with torch.no_grad():  # greedy predictions, chunked like the log-probs
         flat = hidden.detach().reshape(-1, hidden.shape[-1])
@@ -102,70 +101,67 @@ def _teacher_forced(policy, batch: Rollouts, rows: Tensor, cfg: RunConfig) -> tu
 def sft(cfg: RunConfig, *, policy=None, processor=None, problems: list[dict] | None = None,
         progress: bool = True) -> Run:
     """Fine-tune on the reference completions of `problems` (default: the config's training problems) for
-    `cfg.num_steps` optimizer steps of `cfg.train_batch_size` examples; returns the `Run`."""
+    `cfg.num_steps` optimizer steps of `cfg.train_batch_size` examples; returns the `Run`.
+
+    Under torchrun each rank takes its contiguous share of every step's examples and divides its loss by the
+    token count summed over the ranks, so the summed gradient is the one-process gradient (`distributed.py`);
+    `zero_stage` 2/3 puts the optimizer in DeepSpeed ZeRO (`learner.py`)."""
     from eureka_kit import models
 
-    gen = seed_everything(cfg.seed)
+    world, device = init_world(cfg, rollouts=False)  # one process unless launched by torchrun/deepspeed
+    gen = seed_everything(cfg.seed + world.rank)  # as in train: per-rank RNG, while the stream uses cfg.seed
     if policy is None:
         policy, processor = models.load(cfg.model, trust_remote_code=cfg.trust_remote_code, seed=cfg.seed)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     policy.to(device).train()
+    world.broadcast_parameters(policy)
     if cfg.freeze_vision:
         models.freeze_vision(policy)
     if cfg.gradient_checkpointing:
         policy.gradient_checkpointing_enable()
     stream = ProblemStream(problems if problems is not None else load_problems(cfg, subject=cfg.train_subject),
                            cfg.seed)
-
-    learner = TorchLearner(policy, cfg, SINGLE_PROCESS, cfg.num_steps, device)  # AdamW + the lr schedule
-
-    run_path = cfg.run_path()
-    run = Run(cfg=cfg, path=run_path, policy=policy, processor=processor)
-    start = 0
-    if cfg.resume and RunDir(run_path).checkpoints():
-        run_dir = RunDir(run_path)
-        start = _restore(run_dir, learner, stream, gen) + 1
-        run.history = run_dir.metrics().to_dict("records")
-    else:
-        run_dir = RunDir(run_path).create(cfg.to_dict())
-
-    def checkpoint(step: int) -> None:
-        run_dir.save_checkpoint(step, policy, state={**learner.state(), **_trainer_state(stream, gen)},
-                                processor=processor)
+    learner = make_learner(policy, cfg, world, cfg.num_steps, device)  # AdamW + the lr schedule: torch or ZeRO
+    run_dir, start, history = open_run_dir(cfg, world, learner, stream, gen)  # fresh, or resumed
+    run = Run(cfg=cfg, path=cfg.run_path(), history=history, policy=policy, processor=processor)
 
     bad_steps = 0
-    bar = tqdm(range(start, cfg.num_steps), desc=f"{cfg.preset}", disable=not progress, dynamic_ncols=False,
-               ncols=120, initial=start, total=cfg.num_steps)
+    bar = tqdm(range(start, cfg.num_steps), desc=f"{cfg.preset}", disable=not (progress and world.is_main),
+               dynamic_ncols=False, ncols=120, initial=start, total=cfg.num_steps)
     for step in bar:
         t0 = time.perf_counter()
-        batch = reference_batch(processor, stream.take(cfg.train_batch_size), cfg)
-        mask = batch.completion_mask.float()  # (B, T)
-        num_tokens = mask.sum().item()
+        batch = reference_batch(processor, world.shard(stream.take(cfg.train_batch_size)), cfg)  # this rank's share
+        mask = batch.completion_mask.float()  # (b, T)
+        num_tokens = world.sum(mask.sum().item())  # the whole batch's: the ranks' losses sum to its token mean
         loss_sum, hits, nonfinite = 0.0, 0.0, 0
-        for micro in torch.arange(len(batch.texts)).split(cfg.micro_batch_size):
+        micros = torch.arange(len(batch.texts)).split(cfg.micro_batch_size)
+        for i, micro in enumerate(micros):
             logp, greedy = _teacher_forced(policy, batch, micro, cfg)
             micro_mask = mask[micro].to(logp.device)
             loss = sft_loss(logp, micro_mask, num_tokens)  # micro-batch share of the batch's token mean
-            nonfinite += not learner.backward(loss)
+            nonfinite += not learner.backward(loss, last=i == len(micros) - 1)
             loss_sum += loss.item()
             hits += (greedy.float() * micro_mask).sum().item()
-        grad_norm = learner.step(nonfinite)  # None: a NaN/Inf gradient, the step was skipped
+        grad_norm = learner.step(nonfinite)  # gradients summed over ranks; None: a NaN/Inf on some rank, skipped
         skipped = grad_norm is None
         dt = time.perf_counter() - t0
-        metrics = {"step": step, "loss/sft": loss_sum, "sft/token_accuracy": hits / max(num_tokens, 1.0),
-                   "sft/num_tokens": num_tokens, "optim/grad_norm": float("nan") if skipped else grad_norm, "optim/skipped_steps": float(skipped),
+        # Each rank's loss is its share of the global token mean, so the sum over ranks is the batch's loss.
+        metrics = {"step": step, "loss/sft": world.sum(loss_sum),
+                   "sft/token_accuracy": world.sum(hits) / max(num_tokens, 1.0), "sft/num_tokens": num_tokens,
+                   "optim/grad_norm": float("nan") if skipped else grad_norm, "optim/skipped_steps": float(skipped),
                    "optim/lr": learner.lr, "perf/step_s": dt,
-                   "perf/tokens_per_s": (batch.prompt_mask.sum().item() + num_tokens) / dt}
+                   "perf/tokens_per_s": (batch.prompt_mask.sum().item() + mask.sum().item()) / dt}
+        metrics = world.reduce_metrics(metrics, num_responses=len(batch.texts))  # perf: slowest rank, summed rates
         run_dir.log_metrics(metrics)
         run.history.append(metrics)
-        bar.set_postfix(loss=f"{loss_sum:.3f}", token_acc=f"{metrics['sft/token_accuracy']:.2f}")
+        bar.set_postfix(loss=f"{metrics['loss/sft']:.3f}", token_acc=f"{metrics['sft/token_accuracy']:.2f}")
         bad_steps = bad_steps + 1 if skipped else 0
         if bad_steps >= cfg.max_bad_steps:
             raise FloatingPointError(f"{bad_steps} consecutive SFT steps had a NaN/Inf gradient (last: step {step}); "
                                      f"the run stopped. Lower lr; checkpoints are in {run_dir.path / 'checkpoints'}.")
         if cfg.save_every and (step + 1) % cfg.save_every == 0:
-            checkpoint(step)
+            save_checkpoint(run_dir, step, policy, processor, learner, stream, gen)
     if start < cfg.num_steps:
-        checkpoint(cfg.num_steps - 1)
+        save_checkpoint(run_dir, cfg.num_steps - 1, policy, processor, learner, stream, gen)
+    world.barrier()  # no rank exits (tearing down its gloo/nccl threads) while rank 0 still writes
     policy.eval()
     return run

@@ -158,8 +158,10 @@ def execute_point(notebook: str, params: dict[str, Any], run_dir: str, *, kernel
     run_dir_p.mkdir(parents=True, exist_ok=True)
     if gpu_ids is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = gpu_ids  # the kernel inherits it
+    # host and pid of the process that executes the point (a Ray worker under --executor ray), for tracing
     status: dict[str, Any] = {"notebook": str(notebook), "params": params, "status": "running",
-                              "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "host": os.uname().nodename}
+                              "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "host": os.uname().nodename,
+                              "pid": os.getpid()}
     _write_status(run_dir_p, status)
     t0 = time.perf_counter()
     error = None

@@ -4,7 +4,7 @@
 until greedy accuracy on a probe of train problems reaches a set level or a step cap (checked by step count,
 never by a time budget, so it is deterministic) and saves the model+tokenizer
 under `$EUREKA_KIT_CACHE` (default `~/.cache/eureka_kit`) keyed by (SFT config, model dims, seed,
-package version). `sft` / `sft_step` are reusable by the RL loop's SFT baseline. `sample_pass_counts`
+package version, CPU vector unit). `sft` / `sft_step` are reusable by the RL loop's SFT baseline. `sample_pass_counts`
 measures the base policy as the issue's targets state them (T=1, K samples per problem).
 """
 
@@ -143,8 +143,12 @@ def sft_examples(tokenizer, problems: list[dict], template: str = "none") -> lis
 
 
 def cache_key(cfg: SFTConfig, seed: int) -> str:
+    """Hash of what determines the base policy's weights. The CPU's vector unit is part of it: float reductions
+    differ between AVX2 and AVX512 kernels, so the accuracy-probe stop can end the build at another step (and
+    `ATEN_CPU_CAPABILITY=avx2` on an AVX512 machine must not reuse that machine's own base)."""
     from eureka_kit.models import TEXT_DIMS
-    blob = json.dumps(dict(sft=asdict(cfg), model=TEXT_DIMS, seed=seed, version=__version__), sort_keys=True)
+    blob = json.dumps(dict(sft=asdict(cfg), model=TEXT_DIMS, seed=seed, version=__version__,
+                           cpu=torch.backends.cpu.get_cpu_capability()), sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

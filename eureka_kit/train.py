@@ -11,7 +11,8 @@ after MAX_ROLLOUTS_PER_STEP rollouts (training on what it has, logged as filter/
 of looping forever when every group is solved; micro-batch losses are weighted so that gradient
 accumulation equals one aggregate over the optimizer batch (the code's D2 per-micro-batch mean is the
 special case micro_batch_size = 1 with seq-mean-token-mean). Under torchrun the loop runs data-parallel
-(`distributed.py`: sharded prompts, gradients summed over ranks, rank 0 writes). Not yet here: DeepSpeed.
+(`distributed.py`: sharded prompts, gradients summed over ranks, rank 0 writes), with the plain torch learner
+or DeepSpeed ZeRO-2/3 (`learner.py`); checkpoints and resume: `checkpoints.py`, shared with `sft.py`.
 
 Stages (`cfg.stages`, MM-Eureka-32B's recipe): one run, one directory, one step count and lr schedule; at a
 stage's first step the loop switches to that stage's config (`cfg.stage_config`), its problems and its
@@ -33,6 +34,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from eureka_kit import advantages, diagnostics, filters, losses, ops, process_adv, rewards, rollout
+from eureka_kit.checkpoints import load_weights, open_run_dir, save_checkpoint
 from eureka_kit.config import RunConfig
 from eureka_kit.distributed import SINGLE_PROCESS, World, init_world
 from eureka_kit.learner import make_learner
@@ -43,6 +45,11 @@ from eureka_kit.runs import RunDir
 
 MAX_ROLLOUTS_PER_STEP = 8
 REFILL_MARGIN = 1.5  # a refill draws 1.5x the prompts the step's pass rate says are missing (fewer extra refills)
+
+
+class VerifierFailure(RuntimeError):
+    """The verifier raised on more than `max_verifier_error_frac` of one step's answers: `train` stopped before
+    training on them. The message names the step, the share, the first error and the checkpoints kept."""
 
 
 @dataclass
@@ -207,14 +214,18 @@ def load_problems(cfg: RunConfig, split: str = "train", subject: str = "math") -
 # One step's batch: rollouts, rewards, filter with refill.
 
 
-def _score(ro: Rollouts, cfg: RunConfig) -> dict[str, Tensor]:
+def _score(ro: Rollouts, cfg: RunConfig) -> tuple[dict[str, Tensor], list[str]]:
+    """Reward parts of `ro`'s responses as [B] tensors (accuracy, format, total with the overlong penalty, and the
+    verifier's 0/1 error and timeout), and the messages of the verifier's errors."""
     golds = [str(ro.problems[i]["answer"]) for i in ro.problem_index.tolist()]
     parts = rewards.score_batch(ro.texts, golds, compat=cfg.mmeureka_compat, timeout=cfg.reward_timeout,
                                 use_format=cfg.format_reward)
     scored = {k: torch.tensor([p[k] for p in parts], dtype=torch.float32) for k in ("accuracy", "format", "total")}
+    for k in ("error", "timeout"):  # a reward function standing in for score_batch need not report them
+        scored[k] = torch.tensor([p.get(k, 0.0) for p in parts], dtype=torch.float32)
     scored["total"] = scored["total"] + filters.overlong_penalty(ro.lengths, cfg.max_len, cfg.overlong_buffer,
                                                                  cfg.overlong_penalty)
-    return scored
+    return scored, [p["error_message"] for p in parts if "error_message" in p]
 
 
 def _zero_variance_problems(ro: Rollouts, accuracy: Tensor, stream: ProblemStream, group_size: int) -> list[int]:
@@ -230,9 +241,14 @@ def collect_batch(policy, processor, stream: ProblemStream, cfg: RunConfig, gen:
     The first rollout draws `rollout_batch_size` prompts; a refill draws what the pass rate so far says is
     missing (`filters.refill_prompts`). Under several processes each rank fills its share from its slice of the
     shared stream (draw sizes come from counts summed over ranks, so every rank takes the same prompts); a full
-    rank keeps rolling out (and discarding) while another refills, so the streams and collectives stay in step."""
+    rank keeps rolling out (and discarding) while another refills, so the streams and collectives stay in step.
+
+    Returns (rollouts, their scores, stats, the first verifier error message or None); rollouts and scores are
+    None when nothing was kept. The stats' `reward/errors` and `reward/timeouts` count every answer this step
+    scored, on all ranks, filtered out or kept: a filter would drop the all-0 groups a failing verifier makes."""
     target = cfg.rollout_batch_size * cfg.group_size // world.size
     parts, scores, kept, passed, num_rollouts, num_seen, num_prompts = [], [], 0, 0, 0, 0, 0
+    errors, timeouts, first_error = 0, 0, None
     skipped_before = stream.skipped
     while world.any(kept < target) and num_rollouts < MAX_ROLLOUTS_PER_STEP:
         draw = cfg.rollout_batch_size
@@ -242,8 +258,10 @@ def collect_batch(policy, processor, stream: ProblemStream, cfg: RunConfig, gen:
                                           margin=REFILL_MARGIN)
             draw = min(cfg.rollout_batch_size, -(-draw // world.size) * world.size)  # shard() splits it evenly
         ro = rollout.generate(policy, processor, world.shard(stream.take(draw)), cfg, gen)
-        sc = _score(ro, cfg)
+        sc, error_messages = _score(ro, cfg)
         num_rollouts, num_seen, num_prompts = num_rollouts + 1, num_seen + len(ro.texts), num_prompts + draw
+        errors, timeouts = errors + int(sc["error"].sum()), timeouts + int(sc["timeout"].sum())
+        first_error = first_error or next(iter(error_messages), None)
         if cfg.skip_zero_variance:
             stream.skip(world.all_gather(_zero_variance_problems(ro, sc["accuracy"], stream, cfg.group_size)))
         if cfg.online_filter:
@@ -258,15 +276,19 @@ def collect_batch(policy, processor, stream: ProblemStream, cfg: RunConfig, gen:
             parts.append(ro.select(index))
             scores.append({k: v[index] for k, v in sc.items()})
             kept += len(index)
+    errors, timeouts = world.sum(float(errors)), world.sum(float(timeouts))
+    if errors:  # the same on every rank, so all of them join the gather
+        first_error = next((m for m in world.all_gather([first_error]) if m is not None), None)
     stats = {"filter/rollouts": num_rollouts, "filter/prompts": num_prompts, "filter/kept_frac": kept / max(num_seen, 1),
-             "filter/short_batch": float(kept < target), "filter/skipped_draws": stream.skipped - skipped_before}
+             "filter/short_batch": float(kept < target), "filter/skipped_draws": stream.skipped - skipped_before,
+             "reward/errors": errors, "reward/timeouts": timeouts}
     common = world.min(kept)  # ranks step in lockstep, so each trains on the shortest rank's number of responses
     if not common:
-        return None, None, stats
+        return None, None, stats, first_error
     ro, scored = Rollouts.concat(parts), {k: torch.cat([s[k] for s in scores]) for k in scores[0]}
     if common < kept:
         ro, scored = ro.select(torch.arange(common)), {k: v[:common] for k, v in scored.items()}
-    return ro, scored, stats
+    return ro, scored, stats, first_error
 
 
 # ---------------------------------------------------------------------------------------------
@@ -315,10 +337,16 @@ def seed_everything(seed: int) -> torch.Generator:
 
 def train(cfg: RunConfig, *, policy=None, processor=None, problems: list[dict] | None = None,
           progress: bool = True) -> Run:
-    """Run RL for `cfg.num_steps` steps and return the `Run` (its directory holds everything)."""
+    """Run RL for `cfg.num_steps` steps and return the `Run` (its directory holds everything).
+
+    Stops with rewards.VerifierUnavailable before step 0 when the verifier cannot run, with VerifierFailure at a
+    step whose verifier errors exceed `max_verifier_error_frac`, with FloatingPointError after `max_bad_steps`.
+    """
     from eureka_kit import models
 
     world, device = init_world(cfg)  # one process unless launched by torchrun/deepspeed
+    # A verifier that cannot run would score every answer 0: fail now, naming the cause, not after a model load.
+    rewards.check_verifier(cfg.reward_timeout)
     gen = seed_everything(cfg.seed + world.rank)  # each rank samples its own responses; the stream uses cfg.seed
     if policy is None:
         policy, processor = models.load(cfg.model, trust_remote_code=cfg.trust_remote_code, seed=cfg.seed)
@@ -340,23 +368,10 @@ def train(cfg: RunConfig, *, policy=None, processor=None, problems: list[dict] |
     opt_steps_per_rollout = cfg.update_epochs * math.ceil(batch / cfg.train_batch_size)
     learner = make_learner(policy, cfg, world, cfg.num_steps * opt_steps_per_rollout, device)  # torch or ZeRO
 
-    run_path = cfg.run_path()
-    run = Run(cfg=cfg, path=run_path, policy=policy, processor=processor)
-    start, t_start, elapsed_before = 0, time.perf_counter(), 0.0
-    if cfg.resume and world.run_dir(run_path).checkpoints():
-        run_dir = world.run_dir(run_path)
-        start = _restore(run_dir, learner, stream, gen) + 1
-        run.history = run_dir.metrics().to_dict("records")
-        elapsed_before = float(run.history[-1].get("perf/elapsed_s", 0.0)) if run.history else 0.0
-    else:
-        run_dir = world.run_dir(run_path).create(cfg.to_dict())  # rank 0 alone writes it
-
-    def checkpoint(step: int) -> None:
-        run_dir.flush_problems()
-        with learner.full_weights():  # ZeRO-3: gathered, so rank 0 writes the whole model
-            run_dir.save_checkpoint(step, policy, state={**learner.state(), **_trainer_state(stream, gen)},
-                                    processor=processor)
-        learner.save_sharded(run_dir.path / "checkpoints" / f"step_{step:06d}")
+    t_start = time.perf_counter()
+    run_dir, start, history = open_run_dir(cfg, world, learner, stream, gen)  # fresh, or resumed
+    run = Run(cfg=cfg, path=cfg.run_path(), history=history, policy=policy, processor=processor)
+    elapsed_before = float(history[-1].get("perf/elapsed_s", 0.0)) if history else 0.0  # a resumed run's clock
 
     bad_steps = 0
     bar = tqdm(range(start, cfg.num_steps), desc=f"{cfg.preset}", disable=not (progress and world.is_main),
@@ -370,11 +385,16 @@ def train(cfg: RunConfig, *, policy=None, processor=None, problems: list[dict] |
         t0 = time.perf_counter()
         policy.eval()
         with learner.full_weights():
-            ro, scored, metrics = collect_batch(policy, processor, stream, cfg, gen, world)
+            ro, scored, metrics, verifier_error = collect_batch(policy, processor, stream, cfg, gen, world)
         policy.train()
         t_rollout = time.perf_counter() - t0
         metrics["step"] = step
         metrics["stage"], metrics["kl/coef"] = stage, cfg.kl_coef
+        answers = metrics["filter/prompts"] * cfg.group_size  # every answer the step scored, on all ranks
+        if metrics["reward/errors"] > cfg.max_verifier_error_frac * answers:  # its rewards are not to be trusted
+            run_dir.log_metrics(metrics)
+            run.history.append(metrics)
+            raise _verifier_failure(step, metrics["reward/errors"], answers, cfg, verifier_error, run_dir)
         if ro is None:  # every group was filtered out MAX_ROLLOUTS_PER_STEP times: nothing to learn from
             metrics["optim/skipped"] = 1.0
             run_dir.log_metrics(metrics)
@@ -468,7 +488,8 @@ def train(cfg: RunConfig, *, policy=None, processor=None, problems: list[dict] |
                                      scored["accuracy"].tolist())
         bar.set_postfix(reward=f"{metrics['reward/mean']:.2f}", acc=f"{metrics['reward/accuracy']:.2f}",
                         ratio_max=f"{metrics.get('policy/ratio_max', 1):.2f}",
-                        clip=f"{metrics.get('policy/clipfrac', 0):.3f}")
+                        clip=f"{metrics.get('policy/clipfrac', 0):.3f}",
+                        verr=f"{metrics['reward/errors']:.0f}", vto=f"{metrics['reward/timeouts']:.0f}")
         bad_steps = bad_steps + 1 if skipped and not grad_norms else 0
         if bad_steps >= cfg.max_bad_steps:
             raise FloatingPointError(
@@ -477,45 +498,22 @@ def train(cfg: RunConfig, *, policy=None, processor=None, problems: list[dict] |
                 f"{run_dir.path / 'rollouts'}.")
         # Every stage boundary is checkpointed: a run resumed inside a later stage reloads its reference there.
         if (cfg.save_every and (step + 1) % cfg.save_every == 0) or step + 1 in run.cfg.stage_starts()[1:]:
-            checkpoint(step)
+            save_checkpoint(run_dir, step, policy, processor, learner, stream, gen)
     if start < cfg.num_steps:
-        checkpoint(cfg.num_steps - 1)
+        save_checkpoint(run_dir, cfg.num_steps - 1, policy, processor, learner, stream, gen)
     world.barrier()  # no rank exits (tearing down its gloo/nccl threads) while rank 0 still writes
     return run
 
 
-def _trainer_state(stream: ProblemStream, gen: torch.Generator) -> dict[str, Any]:
-    """Everything besides weights, optimizer and schedule that a resumed run needs to continue exactly."""
-    return {"generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
-            "stream": {"order": stream.order, "cursor": stream.cursor, "epoch": stream.epoch,
-                       "rng": stream.rng.getstate(), "skips": sorted(stream.skips.items()),
-                       "skipped": stream.skipped}}
-
-
-def _restore(run_dir: RunDir, learner, stream: ProblemStream, gen: torch.Generator) -> int:
-    """Load the latest checkpoint into the live objects; drop logged steps after it. Returns its step."""
-    ckpt = run_dir.checkpoints()[-1]
-    state = torch.load(ckpt / "trainer.pt", weights_only=True)  # never unpickle arbitrary objects
-    learner.restore(ckpt, state)  # weights, optimizer, schedule
-    gen.set_state(state["generator"])
-    torch.set_rng_state(state["torch_rng"])
-    s = state["stream"]
-    stream.order, stream.cursor, stream.epoch = list(s["order"]), s["cursor"], s["epoch"]
-    stream.rng.setstate(_as_tuple(s["rng"]))
-    stream.skips, stream.skipped = {int(i): int(n) for i, n in s.get("skips", [])}, int(s.get("skipped", 0))
-    step = int(state["step"])
-    run_dir.truncate_after(step)
-    return step
-
-
-def load_weights(model, ckpt: Path) -> None:
-    """Load a checkpoint's model.safetensors into `model` in place."""
-    from safetensors.torch import load_file
-
-    missing, unexpected = model.load_state_dict(load_file(ckpt / "model.safetensors"), strict=False)
-    if unexpected or any("lm_head" not in k for k in missing):  # tied heads are saved once
-        raise RuntimeError(f"checkpoint {ckpt}: weights do not match the model (missing {missing}, unexpected {unexpected})")
-    model.tie_weights()
+def _verifier_failure(step: int, errors: float, answers: int, cfg: RunConfig, first_error: str | None,
+                      run_dir: RunDir) -> VerifierFailure:
+    """The error `train` raises when too many of a step's answers had a verifier error (no checkpoint is written)."""
+    kept = run_dir.checkpoints()
+    last = f"the last good checkpoint is kept: {kept[-1]}" if kept else f"no checkpoint yet in {run_dir.path}"
+    return VerifierFailure(
+        f"step {step}: the verifier raised on {errors:.0f} of {answers} answers ({errors / answers:.0%}), more than "
+        f"max_verifier_error_frac={cfg.max_verifier_error_frac}; the run stopped before training on them and "
+        f"{last}. First error: {first_error or '(the reward function gave no message)'}")
 
 
 def _data_source(cfg: RunConfig) -> tuple:
@@ -550,10 +548,6 @@ def _enter_stage(run: Run, stage: int, step: int, policy, stream: ProblemStream,
     if step > first:
         load_weights(ref_policy, run.path / "checkpoints" / f"step_{first - 1:06d}")
     return ref_policy
-
-
-def _as_tuple(x):
-    return tuple(_as_tuple(v) for v in x) if isinstance(x, (list, tuple)) else x
 
 
 def _rollout_rows(step, ro: Rollouts, scored, adv, old_logp, new_logp, entropy, mask, processor,

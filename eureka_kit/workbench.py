@@ -229,11 +229,16 @@ def fmt_pct(x: float) -> str:
 
 def compare(a_name: str, a: float, b_name: str, b: float, *, sd: float | None = None, what: str = "",
             higher_is: str = "higher") -> str:
-    """'a (x) is higher than b (y)' or 'within noise' when |a - b| <= sd (the seeds' spread)."""
+    """'a (x) is higher than b (y)' when |a - b| > sd (the seeds' spread), 'within the seed spread' when
+    |a - b| <= sd, and 'one seed: no verdict' when there is no spread to compare against (sd None or NaN,
+    i.e. one seed per arm): a difference between two single runs is not tested, so no direction is claimed."""
     if any(isinstance(v, float) and math.isnan(v) for v in (a, b)):
         return f"{what}: not measured"
     diff = a - b
-    if sd is not None and not math.isnan(sd) and abs(diff) <= sd:
+    if sd is None or math.isnan(sd):
+        return (f"{what}: {a_name} {a:.3g} vs {b_name} {b:.3g} (difference {diff:+.3g}) — one seed: no verdict, "
+                f"the difference is not tested (inconclusive)")
+    if abs(diff) <= sd:
         return f"{what}: {a_name} {a:.3g} vs {b_name} {b:.3g} — within the seed spread ({sd:.2g}), no clear difference"
     word = higher_is if diff > 0 else ("lower" if higher_is == "higher" else "higher")
     return f"{what}: {a_name} {a:.3g} is {word} than {b_name} {b:.3g} (difference {diff:+.3g})"

@@ -104,13 +104,21 @@ def test_bad_choice_names_field_and_lists_allowed(field, allowed):
 
 
 @pytest.mark.parametrize("field, value", [
-    ("eps_low", 0.0), ("eps_low", -0.1), ("eps_high", 0.0), ("eps_high", -1.0), ("eps_low", 1.0),
+    ("eps_low", 0.0), ("eps_low", -0.1), ("eps_high", 0.0), ("eps_high", -1.0),
     ("std_eps", 0.0), ("drift_clip", 0.0), ("cispo_cap", -1.0), ("drift_coef", -0.01), ("kl_coef", -1.0),
     ("skip_zero_variance", -1), ("skip_zero_variance", 1.5), ("skip_zero_variance", True),
+    ("max_verifier_error_frac", -0.1), ("max_verifier_error_frac", 1.5), ("max_verifier_error_frac", float("nan")),
 ])
 def test_bad_numbers_name_the_field(field, value):
     with pytest.raises(ConfigError, match=f"^{field}:"):
         RunConfig(**{field: value})
+
+
+@pytest.mark.parametrize("eps_low", [1.0, 10.0])
+def test_eps_low_at_least_one_is_accepted_as_no_lower_clip(eps_low):
+    # peers take any clip range (CS336's GRPO tests use 10); losses.ratio_floor turns it into "no lower clip"
+    assert RunConfig(eps_low=eps_low).eps_low == eps_low
+    assert RunConfig.from_preset("grpo", eps_low=eps_low, eps_high=10.0).eps_high == 10.0
 
 
 @pytest.mark.parametrize("estimator", ["grpo", "dr_grpo", "equal", "rloo", "reinforce_pp_baseline"])

@@ -1,10 +1,12 @@
 """The DeepSpeed ZeRO learner for real on CPU: two processes over gloo against the plain one-process learner.
 
-Runs in the DeepSpeed venv (`make test-deepspeed`); skipped where deepspeed is not installed. Each run is
+Runs in the DeepSpeed venv (`make test-deepspeed`); skipped where deepspeed is not installed
+(under `make test-deepspeed` an import failure is an error). Each run is
 two RL steps of the toy model on the same prompts and sampled responses, so ZeRO-2 and ZeRO-3 in two
 processes must reproduce the one-process torch run's losses, gradient norms and weights; a ZeRO-2 run
 resumed from its step-0 checkpoint must reproduce its own second step (the optimizer partitions reload); a
-NaN loss on one rank makes every rank skip that step.
+NaN loss on one rank makes every rank skip that step. `sft()` under ZeRO-2 and ZeRO-3 in two processes must
+reproduce the one-process sft on the plain learner in the same way.
 GPU paths (nccl, bf16, offload) are not exercised here.
 """
 
@@ -19,8 +21,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from backends import import_backend
 
-pytest.importorskip("deepspeed")
+import_backend("deepspeed")
 pytestmark = [pytest.mark.deepspeed, pytest.mark.slow]
 
 import torch  # noqa: E402
@@ -71,6 +74,28 @@ local = sum(p.data.numel() for p in model.parameters())  # ZeRO-3: this rank's p
 print("DONE")
 '''
 
+# sft() on the same learners: two steps of 8 reference examples (each rank 4, in micro-batches of 2).
+SFT_CHILD = r'''
+import json, os, sys
+from pathlib import Path
+import torch
+torch.set_num_threads(1)
+out, run_dir, zero_stage = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+tag = f"{Path(run_dir).name}-rank{os.environ.get('RANK', 0)}"
+from eureka_kit.config import RunConfig
+from eureka_kit.models import build_toy_model
+from eureka_kit.sft import sft
+from eureka_kit.tasks import toyworld
+problems = toyworld.load("train", "math", seed=0, n_per_level=4)
+cfg = RunConfig.from_preset("sft", run_dir=run_dir, train_batch_size=8, micro_batch_size=2, num_steps=2,
+                            lr=''' + repr(LR) + r''', warmup_steps=0, lr_schedule="linear", save_every=1,
+                            zero_stage=zero_stage)
+model, tok = build_toy_model(seed=int(os.environ.get("RANK", 0)) + 5)  # rank 1's init must be overwritten by rank 0's
+run = sft(cfg, policy=model, processor=tok, problems=problems, progress=False)
+(out / f"{tag}.json").write_text(json.dumps(dict(history=run.history)))
+print("DONE")
+'''
+
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -79,9 +104,9 @@ def _free_port() -> int:
 
 
 def _launch(tmp: Path, run_dir: Path, zero_stage: int, processes: int, resume: bool = False,
-            extra_env: dict[str, str] | None = None) -> None:
+            extra_env: dict[str, str] | None = None, child: str = CHILD) -> None:
     script = tmp / "child.py"
-    script.write_text(CHILD)
+    script.write_text(child)
     port, procs = str(_free_port()), []
     for rank in range(processes):
         env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
@@ -136,12 +161,19 @@ def test_zero_in_two_processes_matches_the_plain_learner(runs, stage):
     assert ref_w.keys() == zero_w.keys()
     moved = max((zero_w[k] - _weights(runs / "plain", 0)[k]).abs().max().item() for k in ref_w)
     assert moved > 0.5 * LR  # the checkpoint holds updated weights (ZeRO-3: gathered from both ranks)
-    for k in ref_w:
-        diff = (zero_w[k] - ref_w[k]).abs()
-        # Adam's first steps move each weight by about lr * sign(grad): only weights whose gradient is at
-        # rounding level may differ, and then by at most ~2 lr per step
-        assert (diff > 1e-3 * LR).float().mean().item() < 1e-3, k
-        assert diff.max().item() < 4 * LR, k
+    # ZeRO sums the gradient in another order than the plain learner, so each gradient element carries a
+    # relative error of ~1e-6 (fp32, a few thousand terms). Adam's step u = lr * m / (sqrt(v) + eps) moves by
+    # |du| <= lr * eps * |dg| / (|g| + eps)^2, i.e. < 1e-6 lr for an element whose gradient is well above rounding
+    # level; only an element whose gradient *is* rounding noise (cancellation, a near-zero bias gradient) gets a
+    # noise-driven step of up to Adam's bound (~1.3 lr per step with these betas, two steps). Such elements are
+    # few in the whole model but can be a large share of a small tensor (1 of a 64-element bias on AVX512), so
+    # the share is counted over the model, and every element stays within two Adam step bounds.
+    diffs = {k: (zero_w[k] - ref_w[k]).abs() for k in ref_w}
+    noisy = sum(int((d > 1e-3 * LR).sum()) for d in diffs.values())
+    assert noisy <= 1e-4 * sum(d.numel() for d in diffs.values()), {k: int((d > 1e-3 * LR).sum()) for k, d in
+                                                                    diffs.items() if (d > 1e-3 * LR).any()}
+    for k, d in diffs.items():
+        assert d.max().item() < 2 * 2 * 1.3 * LR, k
 
 
 def test_zero3_partitions_the_parameters_and_zero2_does_not(runs):
@@ -179,3 +211,33 @@ def test_a_nan_loss_on_one_rank_skips_the_step_on_every_rank(runs, tmp_path):
     clean = _weights(runs / "zero2", 0)  # step 0 is the unpoisoned run's step 0
     assert all(torch.equal(before[k], clean[k]) for k in clean)
     assert any(not torch.equal(_weights(runs / "zero2", 1)[k], clean[k]) for k in clean)  # unpoisoned: it moves
+
+
+@pytest.fixture(scope="module")
+def sft_runs(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("zero_sft")
+    _launch(tmp, tmp / "plain", zero_stage=0, processes=1, child=SFT_CHILD)
+    _launch(tmp, tmp / "zero2", zero_stage=2, processes=2, child=SFT_CHILD)
+    _launch(tmp, tmp / "zero3", zero_stage=3, processes=2, child=SFT_CHILD)  # the head runs as a module call
+    return tmp
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_sft_under_zero_in_two_processes_matches_the_plain_learner(sft_runs, stage):
+    plain, zero = _result(sft_runs, "plain")["history"], _result(sft_runs, f"zero{stage}")["history"]
+    assert [h["step"] for h in zero] == [0, 1]
+    for mine, ref in zip(zero, plain, strict=True):
+        assert mine["sft/num_tokens"] == ref["sft/num_tokens"]  # the whole batch's, summed over the ranks
+        for key in ("loss/sft", "optim/grad_norm", "optim/lr"):
+            assert mine[key] == pytest.approx(ref[key], rel=1e-4, abs=1e-6), (stage, mine["step"], key)
+    ref_w, zero_w = _weights(sft_runs / "plain", 1), _weights(sft_runs / f"zero{stage}", 1)
+    assert ref_w.keys() == zero_w.keys()
+    moved = max((zero_w[k] - _weights(sft_runs / "plain", 0)[k]).abs().max().item() for k in ref_w)
+    assert moved > 0.5 * LR
+    # The bounds of test_zero_in_two_processes_matches_the_plain_learner: only weights whose gradient is at
+    # rounding level may take a noise-driven Adam step, and none moves beyond two Adam step bounds.
+    diffs = {k: (zero_w[k] - ref_w[k]).abs() for k in ref_w}
+    noisy = sum(int((d > 1e-3 * LR).sum()) for d in diffs.values())
+    assert noisy <= 1e-4 * sum(d.numel() for d in diffs.values()), (stage, noisy)
+    for k, d in diffs.items():
+        assert d.max().item() < 2 * 2 * 1.3 * LR, (stage, k)

@@ -19,7 +19,8 @@ import pandas as pd
 import pytest
 import torch
 
-from eureka_kit.distributed import World, combine_metrics, from_env
+from eureka_kit.config import ConfigError, RunConfig
+from eureka_kit.distributed import World, check_batch_sizes, combine_metrics, from_env
 from eureka_kit.models import build_toy_model
 from eureka_kit.runs import open_run
 
@@ -36,6 +37,18 @@ def test_world_from_env_and_contiguous_shards():
     prompts = list("abcdefgh")
     shards = [World(rank=r, size=4).shard(prompts) for r in range(4)]
     assert shards == [["a", "b"], ["c", "d"], ["e", "f"], ["g", "h"]]  # concatenated in rank order = one process
+
+
+def test_batch_sizes_must_split_evenly_over_the_processes():
+    # sft's examples form no groups: an aggregation over whole groups does not constrain its split
+    sft_cfg = RunConfig.from_preset("sft", train_batch_size=8, group_size=8, aggregation="group-token-mean")
+    check_batch_sizes(sft_cfg, 2, rollouts=False)
+    with pytest.raises(ConfigError, match="whole groups of 8"):  # but train's minibatches hold whole groups
+        check_batch_sizes(sft_cfg, 2)
+    with pytest.raises(ConfigError, match="train_batch_size: must be divisible by the 3 processes"):
+        check_batch_sizes(sft_cfg, 3, rollouts=False)  # World.shard would drop 2 of the 8 examples
+    with pytest.raises(ConfigError, match="rollout_batch_size/train_batch_size"):
+        check_batch_sizes(RunConfig.from_preset("grpo", rollout_batch_size=3, train_batch_size=8, group_size=2), 2)
 
 
 def test_combine_metrics_by_hand():
@@ -228,3 +241,109 @@ def test_launch_on_cpu_runs_two_processes_and_returns_the_run(tmp_path):
     assert len(run.dir.rollouts(1)) == 16 and run.dir.checkpoints()  # both ranks' responses, one writer
     assert json.loads((tmp_path / "run.launch" / "config.json").read_text())["num_steps"] == 2
     assert "run directory" in (tmp_path / "run.launch" / "output.log").read_text()
+
+
+# ---------------------------------------------------------------------------------------------
+# sft() in two processes against one.
+
+SFT_LR = 1e-3
+SFT_CHILD = r'''
+import json, os, sys
+from pathlib import Path
+import torch
+torch.set_num_threads(1)
+out = Path(sys.argv[1])
+tag = f"rank{os.environ['RANK']}" if "WORLD_SIZE" in os.environ else "single"
+from eureka_kit import runs
+for name in ("create", "log_metrics", "save_checkpoint"):
+    def record(self, *args, _name=name, _real=getattr(runs.RunDir, name), **kwargs):
+        with (out / f"sft-writes-{tag}.txt").open("a") as f:
+            f.write(_name + "\n")
+        return _real(self, *args, **kwargs)
+    setattr(runs.RunDir, name, record)
+grads, adam_step = [], torch.optim.AdamW.step
+def capture(self, *args, **kwargs):
+    grads.append([p.grad.clone() for g in self.param_groups for p in g["params"]])
+    return adam_step(self, *args, **kwargs)
+torch.optim.AdamW.step = capture
+
+from eureka_kit.config import RunConfig
+from eureka_kit.models import build_toy_model
+from eureka_kit.sft import sft
+from eureka_kit.tasks import toyworld
+problems = toyworld.load("train", "math", seed=0, n_per_level=4)
+# 8 examples a step: one process runs 4 micro-batches of 2, each rank 2 of its 4 (the same micro-batches).
+cfg = RunConfig.from_preset("sft", run_dir=sys.argv[2], train_batch_size=8, micro_batch_size=2, num_steps=2,
+                            lr=''' + repr(SFT_LR) + r''', warmup_steps=0)
+model, tok = build_toy_model(seed=int(os.environ.get("RANK", 0)) + 5)  # rank 1's init must be overwritten by rank 0's
+run = sft(cfg, policy=model, processor=tok, problems=problems, progress=False)
+torch.save({"grads": grads, "params": {n: p.detach() for n, p in model.named_parameters()}}, out / f"sft-{tag}.pt")
+(out / f"sft-history-{tag}.json").write_text(json.dumps(run.history))
+print("DONE")
+'''
+
+
+@pytest.fixture(scope="module")
+def sft_two_vs_one(tmp_path_factory):
+    """Two sft steps in two gloo processes and in one, on the same examples."""
+    tmp = tmp_path_factory.mktemp("sft_dp")
+    script = tmp / "child.py"
+    script.write_text(SFT_CHILD)
+    port = str(_free_port())
+    procs = [_start(script, tmp, tmp / "pair", dict(RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE="2",
+                                                    MASTER_ADDR="127.0.0.1", MASTER_PORT=port)) for r in (0, 1)]
+    procs.append(_start(script, tmp, tmp / "single", {}))
+    for proc in procs:
+        out, _ = proc.communicate(timeout=240)
+        assert proc.returncode == 0 and "DONE" in out, out
+    return tmp
+
+
+def test_sft_in_two_processes_makes_the_one_process_updates(sft_two_vs_one):
+    """Tolerances, from float32 rounding (unit roundoff u = 2^-24 ~ 6e-8):
+    * gradients: two ranks sum the same per-token terms as one process, in another order (each rank's partial
+      sum, then the all-reduce; rank-local padding changes the kernels' reduction lengths). Reordering a sum of
+      N terms moves it by at most ~N u times their magnitude: with N ~ 140 completion tokens a step, 1e-5 of the
+      largest gradient entry (observed: ~2e-7).
+    * weights: Adam's update lr * m / sqrt(v) is invariant to the gradient's scale, so a relative gradient error
+      r moves it by ~r lr a step. Where every step's gradient exceeds 1e-2 of its largest entry, r <= 1e-5 / 1e-2,
+      so 2 steps differ by <= 2e-3 lr, plus the rounding of w + update (u |w| a step, each run). Where the gradient
+      is at rounding level Adam's sign-like first step may flip, so those weights are not compared.
+    * losses: a token mean of the same log-probs, reordered (rel 1e-5, as the gradients).
+    """
+    tmp = sft_two_vs_one
+    single, rank0, rank1 = (torch.load(tmp / f"sft-{t}.pt") for t in ("single", "rank0", "rank1"))
+    clear = None
+    for g1, g0, g_other in zip(single["grads"], rank0["grads"], rank1["grads"], strict=True):  # per step
+        scale = max(g.abs().max() for g in g1)
+        assert scale > 0
+        for a, b, c in zip(g1, g0, g_other, strict=True):
+            assert torch.equal(b, c)  # both ranks hold the summed gradient
+            torch.testing.assert_close(b, a, rtol=0, atol=1e-5 * scale)
+        step_clear = [a.abs() > 1e-2 * scale for a in g1]
+        clear = step_clear if clear is None else [x & y for x, y in zip(clear, step_clear, strict=True)]
+    before = {n: p.detach() for n, p in build_toy_model(seed=5)[0].named_parameters()}  # the children's init
+    u = 2.0**-24
+    for (name, w0), keep in zip(before.items(), clear, strict=True):
+        w_pair, w_single = rank0["params"][name], single["params"][name]
+        assert torch.equal(w_pair, rank1["params"][name]), name  # the ranks stay identical
+        assert not torch.equal(w_pair, w0), name
+        tolerance = 2e-3 * SFT_LR + 4 * u * w_single.abs()
+        assert ((w_pair - w_single).abs() <= tolerance)[keep].all(), name
+    assert sum(int(k.sum()) for k in clear) > 1000  # enough weights are compared
+
+    one = json.loads((tmp / "sft-history-single.json").read_text())
+    for tag in ("rank0", "rank1"):
+        pair = json.loads((tmp / f"sft-history-{tag}.json").read_text())
+        assert [h["step"] for h in pair] == [0, 1]
+        for mine, ref in zip(pair, one, strict=True):
+            assert mine["sft/num_tokens"] == ref["sft/num_tokens"]  # the whole batch's, not a rank's share
+            # a greedy choice at a near-tie may flip under rounding: one token's worth
+            assert mine["sft/token_accuracy"] == pytest.approx(ref["sft/token_accuracy"], abs=1.01 / ref["sft/num_tokens"])
+            for key in ("loss/sft", "optim/grad_norm", "optim/lr", "optim/skipped_steps"):
+                assert mine[key] == pytest.approx(ref[key], rel=1e-5), key
+    assert not (tmp / "sft-writes-rank1.txt").exists()  # rank 0 alone writes
+    assert (tmp / "sft-writes-rank0.txt").read_text().split() == ["create", "log_metrics", "log_metrics",
+                                                                  "save_checkpoint"]
+    rd = open_run(tmp / "pair")
+    assert len(rd.metrics()) == 2 and [c.name for c in rd.checkpoints()] == ["step_000001"]

@@ -177,6 +177,73 @@ def test_gspo_equals_gspo_token_with_constant_advantage():
 
 
 # ---------------------------------------------------------------------------------------------
+# eps_low >= 1: no lower clip (as verl and TRL allow; CS336's GRPO tests use a clip range of 10).
+# Tokens: r = 0.05, far below 1, with A = -2 (the lower side) | r = 0.05 with A = +1 (never clipped
+# below) | r = 1 with A = 0. eps_high = 0.28 throughout.
+R = 0.05
+LOW_DELTAS, LOW_ADVS = [LN(R), LN(R), 0.0], [-2.0, 1.0, 0.0]
+LOWER_SIDE = {  # surrogate: {eps_low: (value, gradient, clipped_low)}
+    "ppo_clip": {
+        # r = 0.05 < 0.8, A < 0: loss -A(1-eps_low) = 1.6, gradient 0 | A > 0: -A r, gradient -A r
+        0.2: ([1.6, -R, 0.0], [0.0, -R, 0.0], [True, False, False]),
+        # no floor: loss -A r = 0.1, gradient -A r = 0.1 (the plain PG gradient times r)
+        "none": ([2 * R, -R, 0.0], [2 * R, -R, 0.0], [False, False, False]),
+    },
+    "cpg": {
+        # delta = ln 0.05 < ln 0.8, A < 0: loss -A ln(1-eps_low), gradient 0 | A > 0: -A delta, gradient -A
+        0.2: ([2 * LN(0.8), -LN(R), 0.0], [0.0, -1.0, 0.0], [True, False, False]),
+        # no floor: loss -A delta = 2 ln 0.05, gradient -A = 2
+        "none": ([2 * LN(R), -LN(R), 0.0], [2.0, -1.0, 0.0], [False, False, False]),
+    },
+    "cispo_verl": {
+        # weight sg(clip(r, 0.8, 1.28)) = 0.8 for both r = 0.05 tokens (any sign of A); loss -w A delta,
+        # gradient -w A: CISPO keeps the gradient, the floor only raises the weight
+        0.2: ([1.6 * LN(R), -0.8 * LN(R), 0.0], [1.6, -0.8, 0.0], [True, True, False]),
+        # no floor: weight r = 0.05
+        "none": ([2 * R * LN(R), -R * LN(R), 0.0], [2 * R, -R, 0.0], [False, False, False]),
+    },
+}
+FN = {"ppo_clip": losses.ppo_clip_loss, "cpg": losses.cpg_loss, "cispo_verl": losses.cispo_verl_loss}
+
+
+def test_clip_floors():
+    assert losses.ratio_floor(0.2) == pytest.approx(0.8) and losses.log_ratio_floor(0.2) == pytest.approx(LN(0.8))
+    for eps_low in (1.0, 10.0, math.inf):
+        assert losses.ratio_floor(eps_low) == 0.0 and losses.log_ratio_floor(eps_low) == -math.inf
+
+
+@pytest.mark.parametrize("eps_low", [0.2, 1.0, 10.0])
+@pytest.mark.parametrize("surrogate", list(LOWER_SIDE))
+def test_eps_low_at_least_one_means_no_lower_clip(surrogate, eps_low):
+    value, grad, info = surrogate_value_and_grad(FN[surrogate], LOW_DELTAS, LOW_ADVS, eps_low=eps_low, eps_high=EH)
+    expected_value, expected_grad, expected_low = LOWER_SIDE[surrogate][eps_low if eps_low < 1 else "none"]
+    assert torch.isfinite(value).all() and torch.isfinite(grad).all()
+    assert_close(value, expected_value)
+    assert_close(grad, expected_grad)
+    assert info["clipped_low"] == expected_low
+
+
+@pytest.mark.parametrize("surrogate", ["gspo", "gspo_token", "ppo_clip", "cpg", "cispo_verl"])
+def test_eps_low_at_least_one_through_policy_loss(surrogate):
+    # One response, deltas ln 0.1 and ln 0.025: both token ratios and s = exp(mean delta) = 0.05 are far
+    # below 0.8, A = -2, one response so seq-mean-token-mean = (1/2) sum over its two tokens.
+    old = t([[-1.0, -2.0]])
+    # GSPO: clipped, loss -A(1-eps_low) = 1.6 and gradient 0; unclipped, loss -A s = 0.1 and
+    # d/d logp_t = -A s / |y| = 0.05 per token.
+    gspo = {0.2: (1.6, [[0.0, 0.0]]), 10.0: (2 * R, [[R, R]])}
+    for eps_low, clipfrac_low in ((0.2, 1.0), (10.0, 0.0)):
+        logp = (old + t([[LN(0.1), LN(0.025)]])).detach().requires_grad_()
+        loss, stats = losses.policy_loss(logp, old, t([-2.0]), t([[1, 1]]), preset="grpo", surrogate=surrogate,
+                                         eps_low=eps_low, eps_high=EH, aggregation="seq-mean-token-mean")
+        loss.backward()
+        assert torch.isfinite(loss) and torch.isfinite(logp.grad).all()
+        assert stats["policy/clipfrac_low"] == clipfrac_low
+        if surrogate.startswith("gspo"):
+            assert_close(loss, gspo[eps_low][0])
+            assert_close(logp.grad, gspo[eps_low][1])
+
+
+# ---------------------------------------------------------------------------------------------
 # CPGD drift term (§1.4): E = min(sg(r) - 1, c) * logp, gradient min(r - 1, c).
 
 

@@ -16,8 +16,9 @@ from eureka_kit.rollout import Rollouts
 from eureka_kit.tasks import toyworld
 from eureka_kit.train import train
 
-# Two responses per problem: one correct two-step solution, one wrong one (G = 2).
-TEXTS = ["<step>1+2=3</step><step>3*2=6</step><answer>6</answer>", "<step>1+2=4</step><answer>8</answer>"]
+# Responses per problem, cycled: one correct two-step solution, then wrong ones (G = 2 uses the first two).
+TEXTS = ["<step>1+2=3</step><step>3*2=6</step><answer>6</answer>", "<step>1+2=4</step><answer>8</answer>",
+         "<step>1+2=3</step><step>3*2=5</step><answer>5</answer>"]
 SMALL = dict(rollout_batch_size=2, group_size=2, train_batch_size=4, micro_batch_size=4, max_len=64,
              num_steps=2, lr=1e-3)
 
@@ -125,15 +126,31 @@ def _params(model):
 
 
 @pytest.mark.parametrize("mode", ["step_advantage", "shaped_reward"])
-def test_two_steps_with_the_process_signal_move_the_policy_differently(tmp_path, problems, prm_path, mode):
-    after = {}
+def test_two_steps_with_the_process_signal_move_the_policy_differently(tmp_path, problems, prm_path, mode,
+                                                                       monkeypatch):
+    # G = 3 (one right, two wrong answers): with G = 2, GRPO's whitening maps any two distinct rewards to
+    # -+1/sqrt2, so a shaped reward that keeps their order leaves the advantage (and the update) as it was; two
+    # wrong answers with different step scores must now get different advantages. Compared on the advantages
+    # the loss receives, not on the weights: Adam's first steps move each weight by about lr * sign(gradient),
+    # so whether two runs' weights differ hinges on float rounding.
+    seen = {}
+    real_loss = losses.policy_loss
+    group = dict(SMALL, group_size=3, train_batch_size=6, micro_batch_size=6)
     for name, extra in (("outcome", {}), ("process", dict(process_mode=mode, prm_path=prm_path, process_weight=1.0))):
+        seen[name] = []
+        monkeypatch.setattr(losses, "policy_loss", lambda logp, old, adv, mask, _s=seen[name], **kw: (
+            _s.append((adv.clone(), mask.clone())), real_loss(logp, old, adv, mask, **kw))[1])
         model, tok = build_toy_model(seed=5)
         before = _params(model)
-        cfg = RunConfig.from_preset("cpgd", run_dir=str(tmp_path / name), seed=0, **SMALL, **extra)
+        cfg = RunConfig.from_preset("cpgd", run_dir=str(tmp_path / name), seed=0, **group, **extra)
         run = train(cfg, policy=model, processor=tok, problems=problems, progress=False)
-        after[name] = _params(model)
-        assert any(not torch.equal(p, before[n]) for n, p in after[name].items()), name
-    assert any(not torch.equal(after["outcome"][n], after["process"][n]) for n in after["outcome"])
+        assert any(not torch.equal(p, before[n]) for n, p in _params(model).items()), name
+    def per_response(adv, mask):  # a response's mean advantage (step advantages vary along the response)
+        return (adv * mask).sum(1) / mask.sum(1) if adv.dim() == 2 else adv
+
+    for (out_adv, mask), (proc_adv, _) in zip(seen["outcome"], seen["process"], strict=True):
+        # Same rollouts in both runs (hand-built), compared as sorted sets; the process signal moves some response's advantage by far more
+        # than rounding (the random-init PRM's step scores differ by ~1e-2 and more between texts).
+        assert (per_response(proc_adv, mask).sort().values - per_response(out_adv, mask).sort().values).abs().max() > 1e-3
     metrics = run.history[-1]
     assert metrics["process/parsed_frac"] == 1.0 and 0.0 < metrics["process/step_score_mean"] < 1.0

@@ -197,18 +197,31 @@ def _assert_last_good_checkpoint_intact(run_path: Path, saved: dict, problems) -
     assert [h["step"] for h in run.history] == [0, 1]
 
 
-@pytest.mark.skipif(IS_ROOT, reason="root ignores file permissions; the disk-full tests below cover this path")
 def test_read_only_checkpoints_folder_is_a_clear_error_and_keeps_the_last_checkpoint(
         tmp_path, problems, monkeypatch, parity_reward):
-    cfg, model, tok, save, saved = _train_failing_after_step0(
-        tmp_path, problems, lambda run: (run / "checkpoints").chmod(0o555))
+    """A read-only checkpoints folder: chmod 555, or as root (who ignores file permissions) the EACCES that
+    the step-1 checkpoint's mkdir would raise, injected."""
+    real_mkdir, armed = Path.mkdir, {"on": False}
+
+    def mkdir(self, *args, **kwargs):
+        if armed["on"] and self.name.endswith(".tmp"):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(self))
+        return real_mkdir(self, *args, **kwargs)
+
+    def make_read_only(run: Path) -> None:
+        (run / "checkpoints").chmod(0o555)
+        armed["on"] = IS_ROOT
+
+    cfg, model, tok, save, saved = _train_failing_after_step0(tmp_path, problems, make_read_only)
     monkeypatch.setattr(RunDir, "save_checkpoint", save)
+    monkeypatch.setattr(Path, "mkdir", mkdir)
     try:
         with pytest.raises(PermissionError) as info:
             train(cfg, policy=model, processor=tok, problems=problems, progress=False)
         assert str(tmp_path / "run" / "checkpoints") in str(info.value)
     finally:
         (tmp_path / "run" / "checkpoints").chmod(0o755)
+        armed["on"] = False
     monkeypatch.undo()
     monkeypatch.setattr("eureka_kit.rewards.score_batch", _parity)
     _assert_last_good_checkpoint_intact(tmp_path / "run", saved, problems)

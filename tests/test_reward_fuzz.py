@@ -1,7 +1,7 @@
 """Property-based fuzz of the reward with hostile completions (hypothesis): every `rewards.score` call returns
-within its time limit (+ slack) with parts in the allowed sets, and never raises. Two input classes that
-currently break it are pinned by strict xfails below (patch in docs/reliability.md) and filtered out of the
-fuzz run until the patch lands (set KNOWN_BUGS_PATCHED = True then)."""
+within its time limit (+ slack) with parts in the allowed sets, and never raises. The two input classes that
+once broke it (> 4300-digit integers, many unclosed answer tags) are fuzzed like any other and pinned by their
+own tests below (docs/reliability.md)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,6 @@ from eureka_kit import rewards
 TIMEOUT = 1.0
 SLACK = 1.0  # parent-side text work on 1 MB inputs + scheduling on a loaded 2-core CI box
 MAX_EXAMPLES = 150
-KNOWN_BUGS_PATCHED = True
 ALLOWED = {"accuracy": {0.0, 1.0}, "format": {0.0, 0.5}, "total": {0.0, 0.5, 1.0, 1.5}, "timeout": {0.0, 1.0}}
 MB = 1 << 20
 
@@ -54,17 +53,6 @@ COMPLETIONS = st.tuples(st.sampled_from(["", "<think>ok</think><answer>", "<answ
 GOLDS = st.sampled_from(["1", "12", "-1", "B", "\\frac{1}{2}", "10^{10000}", "1" + "0" * 5000, "x+1", "", "１２", "В"])
 
 
-def _hits_known_bug(completion: str, gold: str, compat: bool) -> bool:
-    response = rewards.response_text(completion)
-    if response.count("<answer>") > 1000:  # quadratic answer regex (xfail below)
-        return True
-    answer = rewards.extract_answer(response, compat)
-    if answer is None:
-        return False
-    a, g = rewards._strip_wrappers(answer), gold.strip()
-    return bool(rewards._INT.fullmatch(g) and rewards._INT.fullmatch(a) and max(len(a), len(g)) > 4300)
-
-
 def _warm_worker() -> None:
     """Start the reward worker outside the timed call (start-up is not charged to a call, by contract)."""
     w = rewards._WORKER
@@ -90,27 +78,21 @@ def _check(completion: str, gold: str, compat: bool, stats: dict) -> None:
 
 @pytest.mark.slow
 def test_hostile_completions_return_in_time_with_an_allowed_reward_and_never_raise():
-    stats = dict(tried=0, filtered=0, max_s=0.0, timeouts=0, bytes=0)
+    stats = dict(tried=0, max_s=0.0, timeouts=0, bytes=0)
 
     @settings(max_examples=MAX_EXAMPLES, deadline=None, database=None, derandomize=True,
               suppress_health_check=list(HealthCheck))
     @given(completion=COMPLETIONS, gold=GOLDS, compat=st.booleans())
     def fuzz(completion, gold, compat):
-        if not KNOWN_BUGS_PATCHED and _hits_known_bug(completion, gold, compat):
-            stats["filtered"] += 1
-            return
         _check(completion, gold, compat, stats)
 
     fuzz()
     for completion in FIXED:  # every fixed hostile input against every gold, both modes
         for gold in ("1", "B", "\\frac{1}{2}"):
             for compat in (False, True):
-                if KNOWN_BUGS_PATCHED or not _hits_known_bug(completion, gold, compat):
-                    _check(completion, gold, compat, stats)
-                else:
-                    stats["filtered"] += 1
+                _check(completion, gold, compat, stats)
     print(f"\nreward fuzz: {stats}")
-    assert stats["tried"] >= MAX_EXAMPLES
+    assert stats["tried"] >= MAX_EXAMPLES + 6 * len(FIXED)
 
 
 def test_score_batch_and_the_trl_reward_fn_stay_in_the_allowed_set():

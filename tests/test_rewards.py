@@ -36,7 +36,7 @@ def test_response_text_strips_prompt_and_end_tokens():
 
 
 def test_total_is_accuracy_plus_format():
-    assert score(GOOD, "2") == dict(accuracy=1.0, format=0.5, total=1.5, timeout=0.0)
+    assert score(GOOD, "2") == dict(accuracy=1.0, format=0.5, total=1.5, timeout=0.0, error=0.0)
     assert score("<answer>2</answer>", "2")["total"] == 1.0
     assert score("<think>x</think><answer>3</answer>", "2")["total"] == 0.5
     assert score("", "2")["total"] == 0.0
@@ -122,3 +122,69 @@ def test_trl_signature():
     comps = [GOOD, "<answer>3</answer>", [{"role": "assistant", "content": GOOD}]]
     assert f(["p"] * 3, comps, answer=["2", "2", "2"]) == [1.5, 0.0, 1.5]
     assert make_reward_fn(format_reward=False)(["p"], [GOOD], answer=["2"]) == [1.0]
+
+
+# ---------------------------------------------------------------------------------------------
+# Verifier failures: counted when math-verify raises, raised when it cannot run at all.
+FRACTION = "<think>x</think><answer>\\frac{1}{2}</answer>"  # not an integer: math-verify decides
+
+
+@pytest.mark.parametrize("timeout", [None, 30], ids=["inline", "worker"])
+def test_a_verifier_that_raises_scores_zero_and_counts_an_error(monkeypatch, timeout):
+    from eureka_kit import rewards
+
+    # pow(answer, gold, compat) raises TypeError on strings; a builtin pickles by reference into the worker
+    monkeypatch.setattr(rewards, "math_verify_accuracy", pow)
+    parts = score(FRACTION, "0.5", timeout=timeout)
+    assert (parts["accuracy"], parts["format"], parts["total"], parts["timeout"], parts["error"]) == (0, 0.5, 0.5, 0, 1)
+    assert parts["error_message"].startswith("TypeError(") and "pow()" in parts["error_message"]
+    monkeypatch.undo()
+    ok = score(FRACTION, "0.5", timeout=timeout)
+    assert (ok["accuracy"], ok["error"]) == (1.0, 0.0) and "error_message" not in ok
+
+
+def test_a_worker_that_dies_in_a_call_is_an_error_naming_its_exit_code_and_the_next_call_restarts_it():
+    import os
+
+    with pytest.raises(RuntimeError, match="died during a call: exit code 7"):
+        run_with_timeout(os._exit, (7,), 30)
+    assert run_with_timeout(max, (1, 3), 30) == 3
+
+
+def _install_worker(monkeypatch, command):
+    from eureka_kit import rewards
+
+    monkeypatch.setattr(rewards, "_WORKER", rewards._Worker(command))
+    monkeypatch.setattr(rewards, "_CHECKED", set())
+
+
+def test_a_worker_that_cannot_start_raises_verifier_unavailable_naming_the_cause(monkeypatch):
+    import sys
+
+    from eureka_kit.rewards import VerifierUnavailable, check_verifier, score_batch
+
+    _install_worker(monkeypatch, [sys.executable, "-c", "import sys; sys.stderr.write('no math here'); sys.exit(3)"])
+    for call in (lambda: score(FRACTION, "0.5", timeout=30),
+                 lambda: score_batch([GOOD, FRACTION], ["2", "0.5"], timeout=30),
+                 lambda: check_verifier(30)):
+        with pytest.raises(VerifierUnavailable) as err:
+            call()
+        message = str(err.value)  # the command, its exit code and its stderr
+        assert "sys.exit(3)" in message and "exit code 3" in message and "no math here" in message, message
+    _install_worker(monkeypatch, ["/nonexistent/python3", "-c", "pass"])
+    with pytest.raises(VerifierUnavailable, match="No such file or directory.*/nonexistent/python3"):
+        check_verifier(30)
+
+
+def test_check_verifier_passes_once_and_fails_on_a_wrong_answer(monkeypatch):
+    from eureka_kit import rewards
+
+    monkeypatch.setattr(rewards, "_CHECKED", set())
+    rewards.check_verifier(None)
+    rewards.check_verifier(30)
+    assert rewards._CHECKED == {"inline", "worker"}
+    monkeypatch.setattr(rewards, "_CHECKED", set())
+    monkeypatch.setattr(rewards, "math_verify_accuracy", lambda *args: 0.0)
+    with pytest.raises(rewards.VerifierUnavailable, match="scored 1/2 vs 0.5 as 0.0"):
+        rewards.check_verifier(None)
+    assert not rewards._CHECKED

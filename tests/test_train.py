@@ -15,8 +15,8 @@ from eureka_kit.train import ProblemStream, train
 
 SMALL = dict(rollout_batch_size=4, group_size=4, train_batch_size=8, micro_batch_size=8, max_len=12, num_steps=2,
              lr=1e-3)
-DOCUMENTED_KEYS = ["reward/mean", "reward/accuracy", "reward/frac_zero_std", "rollout/len_mean",
-                   "rollout/truncated_frac", "policy/entropy", "policy/ratio_max", "policy/clipfrac",
+DOCUMENTED_KEYS = ["reward/mean", "reward/accuracy", "reward/frac_zero_std", "reward/errors", "reward/timeouts",
+                   "rollout/len_mean", "rollout/truncated_frac", "policy/entropy", "policy/ratio_max", "policy/clipfrac",
                    "policy/approx_kl", "loss/policy", "optim/grad_norm", "optim/lr", "perf/tokens_per_s"]
 
 

@@ -1,4 +1,5 @@
-"""The `vllm` rollout backend, for real on CPU with vLLM's CPU build (`make test-vllm`); skipped without vLLM.
+"""The `vllm` rollout backend, for real on CPU with vLLM's CPU build (`make test-vllm`, where an import failure
+is an error); skipped in a venv without vLLM.
 
 One engine serves the whole module: every test uses the same policy object and context length, so
 `rollout_vllm.engine_for` builds it once (~30 s) and reuses it. The policy is the random-init toy model
@@ -13,8 +14,9 @@ import random
 import numpy as np
 import pytest
 import torch
+from backends import import_backend
 
-pytest.importorskip("vllm")
+import_backend("vllm")
 
 from eureka_kit import rollout, rollout_vllm  # noqa: E402
 from eureka_kit.config import RunConfig  # noqa: E402

@@ -37,10 +37,6 @@ class Level:
     ops: tuple[str, ...]
 
 
-def _r(lo: int, hi: int) -> Callable[[random.Random], int]:
-    return lambda rng: rng.randint(lo, hi)
-
-
 def _nums(*ranges: tuple[int, int]) -> Callable[[random.Random], tuple[int, ...]]:
     return lambda rng: tuple(rng.randint(lo, hi) for lo, hi in ranges)
 
