@@ -146,12 +146,10 @@ def _start(script: Path, out: Path, run_dir: Path, world: dict[str, str]) -> sub
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-@pytest.fixture(scope="module")
-def two_vs_one(tmp_path_factory):
-    """One RL step in two gloo processes and in one process, same prompts and sampled responses."""
-    tmp = tmp_path_factory.mktemp("dp")
+def _two_and_one(tmp: Path, child: str) -> Path:
+    """Run `child` in two gloo processes (run dir tmp/pair) and in one (tmp/single); returns tmp."""
     script = tmp / "child.py"
-    script.write_text(CHILD)
+    script.write_text(child)
     port = str(_free_port())
     procs = [_start(script, tmp, tmp / "pair", dict(RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE="2",
                                                     MASTER_ADDR="127.0.0.1", MASTER_PORT=port)) for r in (0, 1)]
@@ -160,6 +158,12 @@ def two_vs_one(tmp_path_factory):
         out, _ = proc.communicate(timeout=240)
         assert proc.returncode == 0 and "DONE" in out, out
     return tmp
+
+
+@pytest.fixture(scope="module")
+def two_vs_one(tmp_path_factory):
+    """One RL step in two gloo processes and in one process, same prompts and sampled responses."""
+    return _two_and_one(tmp_path_factory.mktemp("dp"), CHILD)
 
 
 @pytest.mark.slow
@@ -286,17 +290,7 @@ print("DONE")
 @pytest.fixture(scope="module")
 def sft_two_vs_one(tmp_path_factory):
     """Two sft steps in two gloo processes and in one, on the same examples."""
-    tmp = tmp_path_factory.mktemp("sft_dp")
-    script = tmp / "child.py"
-    script.write_text(SFT_CHILD)
-    port = str(_free_port())
-    procs = [_start(script, tmp, tmp / "pair", dict(RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE="2",
-                                                    MASTER_ADDR="127.0.0.1", MASTER_PORT=port)) for r in (0, 1)]
-    procs.append(_start(script, tmp, tmp / "single", {}))
-    for proc in procs:
-        out, _ = proc.communicate(timeout=240)
-        assert proc.returncode == 0 and "DONE" in out, out
-    return tmp
+    return _two_and_one(tmp_path_factory.mktemp("sft_dp"), SFT_CHILD)
 
 
 def test_sft_in_two_processes_makes_the_one_process_updates(sft_two_vs_one):
