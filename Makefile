@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[dev,notebooks]'
 	touch $@
 
-# The main job, the report suite (eureka_kit/suite.py): the toy-world report (GRPO, GRPO+KL, CPGD under off-policy
+# The main job, the report suite (eureka_kit/workbench/suite.py): the toy-world report (GRPO, GRPO+KL, CPGD under off-policy
 # pressure) and every notebook executed by papermill -> reports/index.html; pages open offline.
 report: setup
 	$(BIN)/eureka-kit selfcheck
@@ -81,6 +81,7 @@ test-deepspeed: $(DS_VENV)/.installed
 
 lint: setup
 	$(BIN)/ruff check eureka_kit tests benchmarks
+	$(BIN)/lint-imports
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

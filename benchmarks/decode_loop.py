@@ -21,9 +21,10 @@ import time
 
 import torch
 
-from eureka_kit import models, rollout
 from eureka_kit.config import RunConfig
-from eureka_kit.train import load_problems
+from eureka_kit.data.problems import load_problems
+from eureka_kit.engine import rollout
+from eureka_kit.engine.base_policy import load_policy
 
 
 def main() -> None:
@@ -37,7 +38,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     sizes = [int(n) for n in args.prompts.split(",")]
     cfg = RunConfig.from_preset("cpgd", seed=args.seed, train_per_level=3000, max_len=48)
-    policy, processor = models.load(cfg.model, seed=args.seed)
+    policy, processor = load_policy(cfg.model, seed=args.seed)
     problems = load_problems(cfg)
     name, disabled = {"attention": ("cpu_decode_attention", lambda policy: contextlib.nullcontext()),
                       "cache": ("reserve_cache", lambda cache, extra: None)}[args.without]

@@ -184,12 +184,12 @@ def build_model(sz: dict, dtype, seed: int = 0):
 def problems_for(n: int, tok=None) -> list[dict]:
     """n toy-world training problems (cycled). With `tok`: only problems whose prompt has the most common
     token length, so every RL step sees the same prompt width (no shape-driven recompiles in either trainer)."""
-    from eureka_kit.tasks import toyworld
+    from eureka_kit.data import toyworld
     pool = toyworld.load("train", "math", seed=0)
     if tok is not None:
         from collections import Counter
 
-        from eureka_kit.tasks.prompts import prompt_text
+        from eureka_kit.data.prompts import prompt_text
         lens = [len(tok(prompt_text(tok, p, "none"), add_special_tokens=False)["input_ids"]) for p in pool]
         modal = Counter(lens).most_common(1)[0][0]
         pool = [p for p, n_tok in zip(pool, lens, strict=True) if n_tok == modal]
@@ -197,7 +197,7 @@ def problems_for(n: int, tok=None) -> list[dict]:
 
 
 def _problem_info(tok, problems) -> dict:
-    from eureka_kit.tasks.prompts import prompt_text
+    from eureka_kit.data.prompts import prompt_text
     return {"distinct": len({p["id"] for p in problems}),
             "prompt_tokens": len(tok(prompt_text(tok, problems[0], "none"), add_special_tokens=False)["input_ids"]),
             "example": prompt_text(tok, problems[0], "none")}
@@ -213,8 +213,8 @@ def n_params(model) -> int:
 
 def section_generation(rec: Recorder, sz: dict, args) -> None:
     torch = _torch()
-    from eureka_kit import rollout
     from eureka_kit.config import RunConfig
+    from eureka_kit.engine import rollout
 
     S = "generation"
     deadline = time.monotonic() + args.cap - 5
@@ -305,10 +305,10 @@ def section_generation(rec: Recorder, sz: dict, args) -> None:
 
 def section_learner(rec: Recorder, sz: dict, args) -> None:
     torch = _torch()
-    from eureka_kit import losses, ops
+    from eureka_kit.algos import losses, ops
     from eureka_kit.config import RunConfig
-    from eureka_kit.rollout import Rollouts
-    from eureka_kit.train import completion_logprobs
+    from eureka_kit.engine.batch import Rollouts
+    from eureka_kit.engine.logprobs import completion_logprobs
 
     S = "learner"
     dev = device()
@@ -440,9 +440,9 @@ def section_learner(rec: Recorder, sz: dict, args) -> None:
 
 def section_rl_ours(rec: Recorder, sz: dict, args) -> None:
     torch = _torch()
-    from eureka_kit import runs
     from eureka_kit.config import RunConfig
-    from eureka_kit.train import train
+    from eureka_kit.engine import runs
+    from eureka_kit.engine.loop import train
 
     S = "rl_ours"
     cuda = torch.cuda.is_available()
@@ -509,8 +509,8 @@ def section_rl_trl(rec: Recorder, sz: dict, args) -> None:
     from datasets import Dataset
     from transformers import TrainerCallback
 
-    from eureka_kit.rewards import make_reward_fn
-    from eureka_kit.tasks.prompts import prompt_text
+    from eureka_kit.data.prompts import prompt_text
+    from eureka_kit.data.rewards import make_reward_fn
 
     cuda = torch.cuda.is_available()
     rec.set("versions", {"trl": trl.__version__, "datasets": datasets.__version__})

@@ -96,10 +96,10 @@ for name in ("trl", "datasets", "accelerate", "math_verify", "pyarrow", "hugging
     except Exception as e:  # noqa: BLE001
         print(f"  {name}: NOT importable ({type(e).__name__}: {str(e)[:120]})")
 try:
-    import eureka_kit.train
+    import eureka_kit.engine.loop
     print(f"eureka_kit from {eureka_kit.__file__}")
 except Exception as e:  # noqa: BLE001 - reported, but CUDA detection must not depend on it
-    print(f"eureka_kit.train: NOT importable ({type(e).__name__}: {str(e)[:200]})")
+    print(f"eureka_kit.engine.loop: NOT importable ({type(e).__name__}: {str(e)[:200]})")
 sys.exit(0 if torch.cuda.is_available() else 3)
 EOF
     case $? in

@@ -2,9 +2,9 @@
 
 Variants (all end in `logp.sum().backward()` so the backward pass is measured too):
   naive_logits    logits leaf (B*T, V) in --dtype -> naive fp32 log_softmax + gather
-  chunked_logits  same leaf -> eureka_kit.ops.token_logprobs_from_logits
+  chunked_logits  same leaf -> eureka_kit.algos.ops.token_logprobs_from_logits
   naive_hidden    hidden (N, H) and weight (V, H) leaves -> logits matmul -> naive
-  fused_hidden    same leaves -> eureka_kit.ops.token_logprobs_from_hidden (logits never formed)
+  fused_hidden    same leaves -> eureka_kit.algos.ops.token_logprobs_from_hidden (logits never formed)
 Peak memory is measured above the inputs already allocated: on CUDA with
 torch.cuda.max_memory_allocated (all variants in one process); on CPU each variant runs in a fresh
 subprocess and reports ru_maxrss after minus before, since RSS high-water marks cannot be reset.
@@ -26,7 +26,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from eureka_kit.ops import naive_token_logprobs, token_logprobs_from_hidden, token_logprobs_from_logits  # noqa: E402
+from eureka_kit.algos.ops import naive_token_logprobs, token_logprobs_from_hidden, token_logprobs_from_logits  # noqa: E402
 
 VARIANTS = ("naive_logits", "chunked_logits", "naive_hidden", "fused_hidden")
 

@@ -22,12 +22,13 @@ from pathlib import Path
 
 import torch
 
-from eureka_kit import evaluate, models
-from eureka_kit.checkpoints import load_weights
 from eureka_kit.config import RunConfig
-from eureka_kit.runs import RunDir
-from eureka_kit.tasks import toyworld
-from eureka_kit.train import train
+from eureka_kit.data import toyworld
+from eureka_kit.engine import evaluate
+from eureka_kit.engine.base_policy import load_policy
+from eureka_kit.engine.checkpoints import load_weights
+from eureka_kit.engine.loop import train
+from eureka_kit.engine.runs import RunDir
 
 
 def _value(text: str):
@@ -59,7 +60,7 @@ def main() -> None:
     for seed in [int(s) for s in args.seeds.split(",")]:
         run_dir = Path(tempfile.mkdtemp(prefix=f"rl_lift_seed{seed}_"))
         cfg = RunConfig.from_preset(args.preset, **{**overrides, "seed": seed, "run_dir": str(run_dir)})
-        policy, processor = models.load(cfg.model, seed=seed)
+        policy, processor = load_policy(cfg.model, seed=seed)
         base, base_levels = greedy_accuracy(policy, processor, cfg, args.eval_per_level)
         print(f"seed {seed} base {base:.3f} {base_levels}", flush=True)
         t0 = time.perf_counter()

@@ -8,7 +8,7 @@ Setup (both sides, docs/FEASIBILITY.md §3 baseline adapted):
   * prompts: toy-world `math` train problems rendered with `prompt_text(tok, p, "none")` (the chat template eureka
     uses), restricted to the most common prompt token length so both sides see the same shapes; TRL gets the same
     strings as a plain-text `prompt` column;
-  * reward: `eureka_kit.rewards` (accuracy + format) on both sides (`make_reward_fn()` for TRL);
+  * reward: `eureka_kit.data.rewards` (accuracy + format) on both sides (`make_reward_fn()` for TRL);
   * 8 prompts/step x 4 generations x 32 new tokens, *forced*: TRL via `generation_kwargs={"min_new_tokens": 32}`;
     eureka's `train` has no min-new-tokens knob, so the model's own `generation_config.min_new_tokens = 32`
     (transformers merges it into every `generate` call; eureka's lean sampling loop honours it the same way) --
@@ -56,8 +56,8 @@ def _problems(tok) -> list[dict]:
     """Toy-world math train problems whose rendered prompt has the modal token length (cycled to NUM_PROBLEMS)."""
     from collections import Counter
 
-    from eureka_kit.tasks import toyworld
-    from eureka_kit.tasks.prompts import prompt_text
+    from eureka_kit.data import toyworld
+    from eureka_kit.data.prompts import prompt_text
 
     pool = toyworld.load("train", "math", seed=0)
     lens = [len(tok(prompt_text(tok, p, "none"), add_special_tokens=False)["input_ids"]) for p in pool]
@@ -81,9 +81,9 @@ def worker_ours(steps: int, profile: str | None) -> dict:
     _set_threads()
     import torch
 
-    from eureka_kit import runs
-    from eureka_kit import train as train_mod
     from eureka_kit.config import RunConfig
+    from eureka_kit.engine import loop as train_mod
+    from eureka_kit.engine import runs
 
     model, tok = _model()
     model.generation_config.min_new_tokens = NEW_TOKENS  # no min-length knob in train(): force via the model
@@ -137,8 +137,8 @@ def worker_trl(steps: int) -> dict:
     from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    from eureka_kit.rewards import make_reward_fn
-    from eureka_kit.tasks.prompts import prompt_text
+    from eureka_kit.data.prompts import prompt_text
+    from eureka_kit.data.rewards import make_reward_fn
 
     model, tok = _model()
     problems = _problems(tok)

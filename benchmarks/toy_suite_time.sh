@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Wall time of the README main job: the report suite, `eureka-kit report` with its defaults (the toy-world
-# report: presets grpo,grpo_kl,cpgd, 40 steps, 8 eval samples; then every notebook in eureka_kit/suite.py SUITE
+# report: presets grpo,grpo_kl,cpgd, 40 steps, 8 eval samples; then every notebook in eureka_kit/workbench/suite.py SUITE
 # under papermill; then the index). `make report` runs `eureka-kit selfcheck` (seconds) and this.
 # Target: <= 10 minutes on 2 cores.
 #
@@ -31,7 +31,7 @@ if [ "$DRY" = 1 ]; then
   exit 0
 fi
 CACHE="${EUREKA_KIT_CACHE:-$HOME/.cache/eureka_kit}"
-KEY=$("$BIN/python" -c "from eureka_kit.toy import cache_key, SFTConfig; print(cache_key(SFTConfig(), 0))")
+KEY=$("$BIN/python" -c "from eureka_kit.engine.base_policy import cache_key, SFTConfig; print(cache_key(SFTConfig(), 0))")
 if [ -d "$CACHE/base_policy/seed0-$KEY" ]; then echo "sft_cache=warm"; else echo "sft_cache=cold"; fi
 echo "machine: $(nproc --all) cores (torch threads: ${OMP_NUM_THREADS:-default}), load average $(cut -d' ' -f1-3 /proc/loadavg) at start"
 START=$(date +%s.%N)

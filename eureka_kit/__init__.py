@@ -1,8 +1,8 @@
 """eureka_kit: stable rule-based RL (CPGD and its baselines) for (multimodal) language models."""
 
 from eureka_kit.config import PRESETS, ConfigError, RunConfig
+from eureka_kit.version import __version__
 
-__version__ = "0.1.0"
 __all__ = ["RunConfig", "PRESETS", "ConfigError", "launch", "__version__"]
 
 

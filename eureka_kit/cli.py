@@ -8,7 +8,7 @@ from dataclasses import replace
 
 
 def _selfcheck(args: argparse.Namespace) -> int:
-    from eureka_kit import selfcheck
+    from eureka_kit.workbench import selfcheck
 
     return selfcheck.main(seed=args.seed)
 
@@ -20,7 +20,7 @@ def _add_selfcheck(sub: argparse._SubParsersAction) -> None:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from eureka_kit import suite
+    from eureka_kit.workbench import suite
 
     toy_kwargs = dict(presets=tuple(args.presets.split(",")), seed=args.seed, eval_samples=args.eval_samples,
                       **({"num_steps": args.steps} if args.steps else {}))
@@ -135,7 +135,7 @@ def _loose(text: str):
 
 
 def _add_sweep(sub: argparse._SubParsersAction) -> None:
-    from eureka_kit import sweep
+    from eureka_kit.workbench import sweep
 
     sweep.add_cli(sub)
 
@@ -143,18 +143,19 @@ def _add_sweep(sub: argparse._SubParsersAction) -> None:
 def _eval(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from eureka_kit import evaluate, models
     from eureka_kit.config import RunConfig
+    from eureka_kit.engine import evaluate
+    from eureka_kit.engine.base_policy import load_policy
 
     target = Path(args.model)
     run_cfg, run_path = None, None
     if (target / "config.json").exists() and (target / "checkpoints").exists():  # a run directory
-        from eureka_kit.runs import open_run
+        from eureka_kit.engine.runs import open_run
 
         rd = open_run(target)
         run_cfg, run_path = rd.config()["config"], rd.path
         target = rd.checkpoints()[-1]
-    policy, processor = models.load(str(target) if run_cfg or target.exists() else args.model, seed=args.seed)
+    policy, processor = load_policy(str(target) if run_cfg or target.exists() else args.model, seed=args.seed)
     base = dict(run_cfg or {}, seed=args.seed, max_len=args.max_len)
     cfg = RunConfig.from_dict({**RunConfig.from_preset("grpo").to_dict(), **base, "run_dir": None})
     per_problem, summary = evaluate.evaluate(policy, processor, cfg, subjects=tuple(args.subjects.split(",")),
@@ -181,7 +182,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
 
 # Each entry adds one subcommand (parser + handler). Other modules register theirs here.
 def _toy_build(args: argparse.Namespace) -> int:
-    from eureka_kit.toy import SFTConfig, build_base_policy
+    from eureka_kit.engine.base_policy import SFTConfig, build_base_policy
 
     cfg = SFTConfig()
     cfg = replace(cfg, steps=args.steps or cfg.steps,
@@ -204,7 +205,7 @@ def _add_toy(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_prm(sub: argparse._SubParsersAction) -> None:
-    from eureka_kit import prm_cli
+    from eureka_kit.prm import cli as prm_cli
 
     prm_cli.add_cli(sub)
 

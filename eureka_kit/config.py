@@ -34,6 +34,8 @@ ROLLOUT_BACKENDS = ("hf", "vllm")
 PROMPT_TEMPLATES = ("cpgd_7b", "mmeureka_32b", "none")
 LR_SCHEDULES = ("constant", "cosine_with_min_lr", "linear")
 PROCESS_MODES = ("none", "step_advantage", "shaped_reward")
+# Difficulty levels of the toy world (`data.toyworld.LEVELS`, which checks this count): config sits below data.
+TOY_WORLD_LEVELS = 6
 # = bestofn.AGGREGATIONS (kept here so the config does not import torch; a test checks they agree)
 PRM_AGGREGATIONS = ("min", "last", "product", "average", "max", "sum_logprob", "sum_logit", "mean_odd")
 # Estimators that need a group (K >= 2 responses per prompt) to compute a baseline.
@@ -409,10 +411,9 @@ class RunConfig:
         _choice("zero_stage", self.zero_stage, (0, 2, 3))
         if self.train_per_level < 1:
             raise ConfigError(f"train_per_level: need at least 1 problem per level, got {self.train_per_level}")
-        from eureka_kit.tasks.toyworld import LEVELS
-        bad = [lv for lv in self.train_levels if not (isinstance(lv, int) and 0 <= lv < len(LEVELS))]
+        bad = [lv for lv in self.train_levels if not (isinstance(lv, int) and 0 <= lv < TOY_WORLD_LEVELS)]
         if bad:
-            raise ConfigError(f"train_levels: unknown level(s) {bad}; the toy world has levels 0..{len(LEVELS) - 1}")
+            raise ConfigError(f"train_levels: unknown level(s) {bad}; the toy world has levels 0..{TOY_WORLD_LEVELS - 1}")
         if not isinstance(self.deepspeed_overrides, dict):
             raise ConfigError(f"deepspeed_overrides: expected a dict of DeepSpeed config entries, "
                               f"got {self.deepspeed_overrides!r}")

@@ -2,7 +2,7 @@
 
 Training runs in a subprocess, `python -m torch.distributed.run --standalone --nproc_per_node N -m
 eureka_kit.cli train --config <file>` (torchrun), so the kernel stays free and the processes can use the
-GPUs; `eureka_kit.distributed` does the rest inside `train`. On CUDA each process takes one GPU (nccl);
+GPUs; `eureka_kit.engine.distributed` does the rest inside `train`. On CUDA each process takes one GPU (nccl);
 without CUDA the N processes run on the CPU and talk over gloo. Single-process runs should call
 `train(cfg)` in the kernel instead.
 
@@ -26,7 +26,7 @@ import torch
 from tqdm import tqdm
 
 from eureka_kit.config import RunConfig
-from eureka_kit.train import Run
+from eureka_kit.engine.runs import Run
 
 
 @dataclass
@@ -92,7 +92,7 @@ class Launch:
 def launch(cfg: RunConfig, gpus: int = 1, nproc: int | None = None) -> Launch:
     """Start `train(cfg)` in `nproc` processes (default: `gpus`) under torchrun and return at once.
 
-    Batch sizes in `cfg` are global (split over the processes; see `eureka_kit.distributed`). Example:
+    Batch sizes in `cfg` are global (split over the processes; see `eureka_kit.engine.distributed`). Example:
         run = launch(RunConfig.from_preset("cpgd", num_steps=100), gpus=8).wait()
     """
     nproc = nproc or gpus

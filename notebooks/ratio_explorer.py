@@ -5,11 +5,11 @@ app = marimo.App(width="medium")
 
 with app.setup:
     # The ratio explorer as a marimo app: `marimo run notebooks/ratio_explorer.py -- --root runs`.
-    # Every view comes from eureka_kit.explorer, the same functions the Jupyter explorer (20_ratio_explorer) uses.
+    # Every view comes from eureka_kit.workbench.explorer, the same functions the Jupyter explorer (20_ratio_explorer) uses.
     import marimo as mo
 
-    from eureka_kit import explorer
     from eureka_kit.config import PRESETS
+    from eureka_kit.workbench import explorer
 
 
 @app.cell

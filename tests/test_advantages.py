@@ -16,7 +16,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from eureka_kit import advantages
+from eureka_kit.algos import advantages
 from eureka_kit.config import ESTIMATORS, ConfigError
 
 R = torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 1.0, 0.0, 0.5])

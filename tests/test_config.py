@@ -172,7 +172,7 @@ def test_algorithm_slots_are_preset_fields():
 
 
 def test_train_levels_and_pool_size_choose_the_toy_training_problems():
-    from eureka_kit.train import load_problems
+    from eureka_kit.data.problems import load_problems
 
     rows = load_problems(RunConfig.from_preset("cpgd", train_levels=[1, 3], train_per_level=7))
     assert [r["level"] for r in rows] == [1] * 7 + [3] * 7

@@ -39,8 +39,9 @@ import torch
 torch.set_num_threads(1)
 out, run_dir, zero_stage, resume = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4] == "resume"
 tag = f"{Path(run_dir).name}-rank{os.environ.get('RANK', 0)}"
-from eureka_kit import rewards, rollout
-from eureka_kit.rollout import Rollouts
+from eureka_kit.data import rewards
+from eureka_kit.engine import rollout
+from eureka_kit.engine.batch import Rollouts
 # A random-init model never answers right: reward the parity of the length so groups have mixed rewards.
 rewards.score_batch = lambda completions, golds, **_: [
     dict(accuracy=float(len(c) % 2), format=0.0, total=float(len(c) % 2), timeout=0.0) for c in completions]
@@ -51,7 +52,7 @@ def per_prompt(policy, processor, problems, cfg, generator=None, **kwargs):
                                    **kwargs) for p in problems])
 rollout.generate = per_prompt
 if os.environ.get("NAN_RANK") == os.environ.get("RANK", "0"):  # poison one micro-batch's loss on one rank
-    from eureka_kit import losses
+    from eureka_kit.algos import losses
     real_loss, calls = losses.policy_loss, []
     def poisoned(*args, **kwargs):
         loss, stats = real_loss(*args, **kwargs)
@@ -61,8 +62,8 @@ if os.environ.get("NAN_RANK") == os.environ.get("RANK", "0"):  # poison one micr
 
 from eureka_kit.config import RunConfig
 from eureka_kit.models import build_toy_model
-from eureka_kit.tasks import toyworld
-from eureka_kit.train import train
+from eureka_kit.data import toyworld
+from eureka_kit.engine.loop import train
 problems = toyworld.load("train", "math", seed=0, n_per_level=4)
 cfg = RunConfig.from_preset("grpo", run_dir=run_dir, aggregation="token-mean", rollout_batch_size=4, group_size=4,
                             train_batch_size=16, micro_batch_size=4, max_len=12, num_steps=2, lr=''' + repr(LR) + r''',
@@ -84,8 +85,8 @@ out, run_dir, zero_stage = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
 tag = f"{Path(run_dir).name}-rank{os.environ.get('RANK', 0)}"
 from eureka_kit.config import RunConfig
 from eureka_kit.models import build_toy_model
-from eureka_kit.sft import sft
-from eureka_kit.tasks import toyworld
+from eureka_kit.engine.sft import sft
+from eureka_kit.data import toyworld
 problems = toyworld.load("train", "math", seed=0, n_per_level=4)
 cfg = RunConfig.from_preset("sft", run_dir=run_dir, train_batch_size=8, micro_batch_size=2, num_steps=2,
                             lr=''' + repr(LR) + r''', warmup_steps=0, lr_schedule="linear", save_every=1,

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from eureka_kit import diagnostics
+from eureka_kit.algos import diagnostics
 
 # Valid ratios r = .4, 1, 1, 2.5, 1.2 (5 tokens) and one masked token with a huge log-ratio.
 RATIOS = [0.4, 1.0, 1.0, 2.5, 1.2]

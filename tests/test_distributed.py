@@ -20,9 +20,9 @@ import pytest
 import torch
 
 from eureka_kit.config import ConfigError, RunConfig
-from eureka_kit.distributed import World, check_batch_sizes, combine_metrics, from_env
+from eureka_kit.engine.distributed import World, check_batch_sizes, combine_metrics, from_env
+from eureka_kit.engine.runs import open_run
 from eureka_kit.models import build_toy_model
-from eureka_kit.runs import open_run
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -84,8 +84,9 @@ import torch
 torch.set_num_threads(1)
 out = Path(sys.argv[1])
 tag = f"rank{os.environ['RANK']}" if "WORLD_SIZE" in os.environ else "single"
-from eureka_kit import rewards, rollout, runs
-from eureka_kit.rollout import Rollouts
+from eureka_kit.data import rewards
+from eureka_kit.engine import rollout, runs
+from eureka_kit.engine.batch import Rollouts
 # A random-init model never answers right: reward the parity of the length so groups have mixed rewards.
 rewards.score_batch = lambda completions, golds, **_: [
     dict(accuracy=float(len(c) % 2), format=0.0, total=float(len(c) % 2), timeout=0.0) for c in completions]
@@ -111,8 +112,8 @@ torch.optim.AdamW.step = capture
 
 from eureka_kit.config import RunConfig
 from eureka_kit.models import build_toy_model
-from eureka_kit.tasks import toyworld
-from eureka_kit.train import train
+from eureka_kit.data import toyworld
+from eureka_kit.engine.loop import train
 problems = toyworld.load("train", "math", seed=0, n_per_level=4)
 # token-mean: ranks hold different token counts, so the global unit count matters.
 cfg = RunConfig.from_preset("grpo", run_dir=sys.argv[2], aggregation="token-mean", rollout_batch_size=4,
@@ -122,7 +123,7 @@ run = train(cfg, policy=model, processor=tok, problems=problems, progress=False)
 torch.save({n: p.detach() for n, p in model.named_parameters()}, out / f"params-{tag}.pt")
 (out / f"history-{tag}.json").write_text(json.dumps(run.history))
 if tag != "single":  # metric reduction on hand-made numbers
-    from eureka_kit.distributed import from_env
+    from eureka_kit.engine.distributed import from_env
     mine = [dict(m, **{"reward/std": 0.0}) for m in ({"reward/mean": 1.0, "policy/clipfrac": 0.5, "policy/num_tokens": 10.0,
             "policy/ratio_max": 1.2}, {"reward/mean": 0.0, "policy/clipfrac": 0.0, "policy/num_tokens": 30.0,
             "policy/ratio_max": 1.5})][int(os.environ["RANK"])]
@@ -258,7 +259,7 @@ import torch
 torch.set_num_threads(1)
 out = Path(sys.argv[1])
 tag = f"rank{os.environ['RANK']}" if "WORLD_SIZE" in os.environ else "single"
-from eureka_kit import runs
+from eureka_kit.engine import runs
 for name in ("create", "log_metrics", "save_checkpoint"):
     def record(self, *args, _name=name, _real=getattr(runs.RunDir, name), **kwargs):
         with (out / f"sft-writes-{tag}.txt").open("a") as f:
@@ -273,8 +274,8 @@ torch.optim.AdamW.step = capture
 
 from eureka_kit.config import RunConfig
 from eureka_kit.models import build_toy_model
-from eureka_kit.sft import sft
-from eureka_kit.tasks import toyworld
+from eureka_kit.engine.sft import sft
+from eureka_kit.data import toyworld
 problems = toyworld.load("train", "math", seed=0, n_per_level=4)
 # 8 examples a step: one process runs 4 micro-batches of 2, each rank 2 of its 4 (the same micro-batches).
 cfg = RunConfig.from_preset("sft", run_dir=sys.argv[2], train_batch_size=8, micro_batch_size=2, num_steps=2,

@@ -5,7 +5,7 @@ import math
 import pandas as pd
 import pytest
 
-from eureka_kit.evaluate import pass_at_k, summarize
+from eureka_kit.engine.evaluate import pass_at_k, summarize
 
 
 def test_pass_at_k_matches_the_combinatorial_definition():

@@ -7,8 +7,9 @@ import math
 import pytest
 from scipy import stats
 
-from eureka_kit import evidence
-from eureka_kit.evidence import (
+from eureka_kit.workbench import evidence
+from eureka_kit.workbench.arms import compare
+from eureka_kit.workbench.evidence import (
     Interval,
     judge,
     mean_ci,
@@ -18,7 +19,6 @@ from eureka_kit.evidence import (
     verdict,
     wilson_interval,
 )
-from eureka_kit.workbench import compare
 
 
 def test_docstring_examples_hold():

@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from eureka_kit import explorer
-from eureka_kit.runs import RunDir
+from eureka_kit.engine.runs import RunDir
+from eureka_kit.workbench import explorer
 
 
 def _row(sample, group, adv, reward, new, tokens):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from eureka_kit import filters
+from eureka_kit.algos import filters
 
 
 def _groups(correct_counts, k):

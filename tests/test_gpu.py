@@ -43,7 +43,7 @@ def _inputs(dtype, seed=0):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 def test_chunked_logprobs_from_logits_match_naive_on_cuda(dtype):
-    from eureka_kit.ops import naive_token_logprobs, token_logprobs_from_logits
+    from eureka_kit.algos.ops import naive_token_logprobs, token_logprobs_from_logits
 
     logits, _, _, ids, up = _inputs(dtype)
     tol = TOL[dtype]
@@ -61,7 +61,7 @@ def test_chunked_logprobs_from_logits_match_naive_on_cuda(dtype):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 def test_fused_logprobs_from_hidden_match_naive_on_cuda(dtype):
-    from eureka_kit.ops import naive_token_logprobs, token_logprobs_from_hidden
+    from eureka_kit.algos.ops import naive_token_logprobs, token_logprobs_from_hidden
 
     _, hidden, weight, ids, up = _inputs(dtype, seed=1)
     tol = TOL[dtype]
@@ -84,7 +84,7 @@ def test_fused_logprobs_from_hidden_match_naive_on_cuda(dtype):
 
 @pytest.mark.parametrize("preset", ["cpgd", "grpo", "cispo", "dr_grpo"])
 def test_policy_loss_on_cuda_equals_cpu(preset):
-    from eureka_kit import losses
+    from eureka_kit.algos import losses
 
     g = torch.Generator().manual_seed(0)
     Bp, Tp = 8, 16
@@ -115,7 +115,7 @@ def test_policy_loss_on_cuda_equals_cpu(preset):
 def parity_reward(monkeypatch):
     """A random-init model never answers correctly (all advantages 0); score by completion-length parity
     instead so groups get mixed rewards and the parameters move (as tests/test_train.py does)."""
-    from eureka_kit import rewards
+    from eureka_kit.data import rewards
 
     def score_batch(completions, golds, **_):
         return [dict(accuracy=float(len(c) % 2), format=0.0, total=float(len(c) % 2), timeout=0.0)
@@ -126,10 +126,10 @@ def parity_reward(monkeypatch):
 
 def test_train_two_steps_on_cuda(tmp_path, parity_reward):
     from eureka_kit.config import RunConfig
+    from eureka_kit.data import toyworld
+    from eureka_kit.data.prompts import prompt_text
+    from eureka_kit.engine.loop import train
     from eureka_kit.models import build_toy_model
-    from eureka_kit.tasks import toyworld
-    from eureka_kit.tasks.prompts import prompt_text
-    from eureka_kit.train import train
 
     model, tok = build_toy_model(seed=0)
     # One prompt width for every step: if generate_hf uses a static KV cache on CUDA (compiled decode),

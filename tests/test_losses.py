@@ -13,7 +13,7 @@ import math
 import pytest
 import torch
 
-from eureka_kit import losses
+from eureka_kit.algos import losses
 from eureka_kit.config import PRESETS, ConfigError
 
 F64 = torch.float64

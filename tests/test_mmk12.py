@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from eureka_kit.tasks.mmk12 import MMK12FormatError, load, open_image
+from eureka_kit.data.mmk12 import MMK12FormatError, load, open_image
 
 
 def _png() -> bytes:

@@ -8,6 +8,8 @@ from transformers import (
     Qwen2VLForConditionalGeneration,
 )
 
+from eureka_kit.data import toyworld
+from eureka_kit.data.prompts import prompt_text
 from eureka_kit.models import (
     build_char_tokenizer,
     build_toy_model,
@@ -15,8 +17,6 @@ from eureka_kit.models import (
     load,
     toy_image_processor,
 )
-from eureka_kit.tasks import toyworld
-from eureka_kit.tasks.prompts import prompt_text
 
 
 def test_char_tokenizer_round_trip_and_tags():

@@ -20,8 +20,8 @@ pm = pytest.importorskip("papermill")
 
 from nbfactory import write_notebook  # noqa: E402
 
-from eureka_kit import notebook_params as P  # noqa: E402
-from eureka_kit import sweep  # noqa: E402
+from eureka_kit.workbench import notebook_params as P  # noqa: E402
+from eureka_kit.workbench import sweep  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
@@ -88,7 +88,7 @@ def test_validate_normalises_and_names_the_bad_parameter():
 
 
 def test_rl_settings_rejects_batches_that_split_groups():
-    from eureka_kit.workbench import rl_settings
+    from eureka_kit.workbench.arms import rl_settings
 
     ok = rl_settings(num_steps=1, rollout_batch_size=4, group_size=4, minibatches=2, update_epochs=1, lr=1e-3, max_len=8)
     assert ok["train_batch_size"] == 8

@@ -1,4 +1,4 @@
-"""eureka_kit.ops: masked stats vs numpy, chunked log-probs vs the naive path (values, grads, gradcheck)."""
+"""eureka_kit.algos.ops: masked stats vs numpy, chunked log-probs vs the naive path (values, grads, gradcheck)."""
 
 import numpy as np
 import pytest
@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from eureka_kit.ops import (
+from eureka_kit.algos.ops import (
     masked_mean,
     masked_quantiles,
     masked_sum,

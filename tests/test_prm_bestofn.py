@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from eureka_kit.bestofn import AGGREGATIONS, aggregate, bon_table, majority_pick, pick_best
+from eureka_kit.prm.bestofn import AGGREGATIONS, aggregate, bon_table, majority_pick, pick_best
 
 SCORES = [[0.9, 0.8, 0.2], [0.6, 0.6, 0.6], [0.95, 0.3, 0.99]]
 LABELS = [0, 1, 0]
@@ -58,7 +58,7 @@ def test_bon_table_hand():
 
 
 def test_plot():
-    from eureka_kit.bestofn import plot_bon
+    from eureka_kit.prm.bestofn import plot_bon
 
     rec = dict(subject="math", answers=["1", "2"], labels=[1, 0], step_scores=[[0.6], [0.4]], orm_scores=[0.1, 0.2])
     fig = plot_bon(bon_table([rec], ns=(1, 2)), methods=["random", "prm_min"])

@@ -10,7 +10,7 @@ from eureka_kit.cli import main
 @pytest.mark.slow
 def test_prm_cli_label_and_score(tmp_path, capsys):
     from eureka_kit.models import build_toy_model
-    from eureka_kit.prm import init_prm
+    from eureka_kit.prm.model import init_prm
 
     model, tok = build_toy_model()
     model.save_pretrained(tmp_path / "policy")

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from eureka_kit.prm_data import (
+from eureka_kit.prm.data import (
     Node,
     OmegaSearch,
     SearchConfig,
@@ -250,9 +250,9 @@ def test_split_by_problem_keeps_problems_whole():
 
 
 def test_assistant_prefix_prompt():
+    from eureka_kit.engine.batch import encode_prompts
     from eureka_kit.models import build_char_tokenizer
-    from eureka_kit.prm_data import _AssistantPrefix
-    from eureka_kit.rollout import encode_prompts
+    from eureka_kit.prm.data import _AssistantPrefix
 
     tok = build_char_tokenizer()
     proc = _AssistantPrefix(tok, "<step>1+2=3</step>")
@@ -264,9 +264,9 @@ def test_assistant_prefix_prompt():
 
 def test_label_problems_pipeline_and_resume(tmp_path):
     from eureka_kit.config import RunConfig
+    from eureka_kit.data import toyworld
     from eureka_kit.models import build_toy_model
-    from eureka_kit.prm_data import build_dataset, label_problems, load_trees
-    from eureka_kit.tasks import toyworld
+    from eureka_kit.prm.data import build_dataset, label_problems, load_trees
 
     model, tok = build_toy_model()
     problems = toyworld.generate("train", "math", 1, levels=(0, 4, 5))

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from eureka_kit.models import build_toy_model
-from eureka_kit.prm import (
+from eureka_kit.prm.model import (
     PRMTrainConfig,
     calibration,
     encode_example,

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from eureka_kit.models import build_char_tokenizer
-from eureka_kit.process_adv import shaped_rewards, step_advantages, token_step_index
+from eureka_kit.prm.process_adv import shaped_rewards, step_advantages, token_step_index
 
 
 def test_step_advantages_hand():

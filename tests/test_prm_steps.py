@@ -2,8 +2,8 @@
 
 import pytest
 
-from eureka_kit.steps import ParsedSolution, format_steps, parse_steps, solution_steps, to_step_solution
-from eureka_kit.tasks import toyworld
+from eureka_kit.data import toyworld
+from eureka_kit.prm.steps import ParsedSolution, format_steps, parse_steps, solution_steps, to_step_solution
 
 
 def test_parse_ordered_steps_and_answer():

@@ -9,12 +9,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from eureka_kit import losses, process_adv, rollout
+from eureka_kit.algos import losses
 from eureka_kit.config import PRESETS, ConfigError, RunConfig
+from eureka_kit.data import toyworld
+from eureka_kit.engine import rollout
+from eureka_kit.engine.batch import Rollouts
+from eureka_kit.engine.loop import train
 from eureka_kit.models import build_toy_model
-from eureka_kit.rollout import Rollouts
-from eureka_kit.tasks import toyworld
-from eureka_kit.train import train
+from eureka_kit.prm import process_adv
 
 # Responses per problem, cycled: one correct two-step solution, then wrong ones (G = 2 uses the first two).
 TEXTS = ["<step>1+2=3</step><step>3*2=6</step><answer>6</answer>", "<step>1+2=4</step><answer>8</answer>",
@@ -30,7 +32,7 @@ def problems():
 
 @pytest.fixture(scope="module")
 def prm_path(tmp_path_factory):
-    from eureka_kit.prm import init_prm
+    from eureka_kit.prm.model import init_prm
 
     model, tok = build_toy_model(seed=3)
     init_prm(model, tok)
@@ -59,7 +61,7 @@ def _hand_rollouts(tok, problems, cfg, *, num_samples=None):
 @pytest.fixture(autouse=True)
 def step_form_rollouts(monkeypatch):
     """Every rollout is TEXTS; reward 1 for the first response of a group, 0 for the second."""
-    from eureka_kit import rewards
+    from eureka_kit.data import rewards
 
     monkeypatch.setattr(rollout, "generate", lambda policy, tok, problems, cfg, gen, num_samples=None:
                         _hand_rollouts(tok, problems, cfg, num_samples=num_samples))

@@ -23,11 +23,11 @@ import torch
 from PIL import Image
 
 from eureka_kit.config import PRESETS, RunConfig
+from eureka_kit.data import toyworld
+from eureka_kit.data.mmk12 import MMK12FormatError, load
+from eureka_kit.engine.loop import train
+from eureka_kit.engine.runs import RunDir, open_run
 from eureka_kit.models import build_toy_model
-from eureka_kit.runs import RunDir, open_run
-from eureka_kit.tasks import toyworld
-from eureka_kit.tasks.mmk12 import MMK12FormatError, load
-from eureka_kit.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = dict(rollout_batch_size=4, group_size=4, train_batch_size=8, micro_batch_size=8, max_len=12, lr=1e-3)
@@ -41,7 +41,7 @@ def _parity(completions, golds, **_):
 @pytest.fixture
 def parity_reward(monkeypatch):
     """A random-init model never answers correctly: reward the length parity so groups have mixed rewards."""
-    from eureka_kit import rewards
+    from eureka_kit.data import rewards
 
     monkeypatch.setattr(rewards, "score_batch", _parity)
 
@@ -60,7 +60,7 @@ from pathlib import Path
 import torch
 torch.set_num_threads(1)
 run_dir, mode = sys.argv[1], sys.argv[2]
-from eureka_kit import rewards
+from eureka_kit.data import rewards
 rewards.score_batch = lambda completions, golds, **_: [
     dict(accuracy=float(len(c) % 2), format=0.0, total=float(len(c) % 2), timeout=0.0) for c in completions]
 if mode == "hang_in_checkpoint_2":  # a slow disk: block inside the step-2 checkpoint write, announce it
@@ -73,8 +73,8 @@ if mode == "hang_in_checkpoint_2":  # a slow disk: block inside the step-2 check
     torch.save = slow_save
 from eureka_kit.config import RunConfig
 from eureka_kit.models import build_toy_model
-from eureka_kit.tasks import toyworld
-from eureka_kit.train import train
+from eureka_kit.data import toyworld
+from eureka_kit.engine.loop import train
 problems = toyworld.load("train", "math", seed=0, n_per_level=4)
 cfg = RunConfig.from_preset("grpo", run_dir=run_dir, resume=(mode == "resume"), save_every=1, num_steps=4,
                             rollout_batch_size=4, group_size=4, train_batch_size=8, micro_batch_size=8,
@@ -223,7 +223,7 @@ def test_read_only_checkpoints_folder_is_a_clear_error_and_keeps_the_last_checkp
         (tmp_path / "run" / "checkpoints").chmod(0o755)
         armed["on"] = False
     monkeypatch.undo()
-    monkeypatch.setattr("eureka_kit.rewards.score_batch", _parity)
+    monkeypatch.setattr("eureka_kit.data.rewards.score_batch", _parity)
     _assert_last_good_checkpoint_intact(tmp_path / "run", saved, problems)
 
 
@@ -360,7 +360,7 @@ def test_unreadable_or_huge_image_names_file_and_row(tmp_path, image):
 
 
 def test_training_on_a_local_mmk12_folder_gets_a_list_of_rows(tmp_path):
-    from eureka_kit.train import ProblemStream, load_problems
+    from eureka_kit.data.problems import ProblemStream, load_problems
 
     path = tmp_path / "train.parquet"
     pq.write_table(pa.Table.from_pylist([_ok_row(0), _ok_row(1)]), path)
@@ -409,7 +409,7 @@ def test_every_notebook_parameter_has_a_validation_rule(path):
 
 
 def test_run_root_must_be_a_folder_path():
-    from eureka_kit import notebook_params as P
+    from eureka_kit.workbench import notebook_params as P
 
     assert P.output_dir("run_root", "runs/notebooks") == "runs/notebooks"
     for bad in (5, "", "  ", None):
@@ -450,7 +450,7 @@ def test_a_bad_notebook_parameter_fails_in_the_validation_cell_before_any_traini
 
 
 def test_models_load_defaults_to_no_remote_code_and_safetensors(tmp_path, monkeypatch):
-    from eureka_kit import models
+    from eureka_kit.models import loading as models
 
     model, tok = build_toy_model(seed=0)
     model.save_pretrained(tmp_path, safe_serialization=True)

@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 import torch
 
-from eureka_kit import losses
-from eureka_kit.replay import compare_presets, pad_column, replay_step, replay_tensors, step_tensors
-from eureka_kit.runs import RunDir
+from eureka_kit.algos import losses
+from eureka_kit.engine.runs import RunDir
+from eureka_kit.workbench.replay import compare_presets, pad_column, replay_step, replay_tensors, step_tensors
 
 # One group of two responses. Response 0 (A = +1): ratios 1.5, 1. Response 1 (A = -1): ratio 0.5, then padding.
 OLD = torch.zeros(2, 2)

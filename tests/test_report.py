@@ -10,8 +10,8 @@ import plotly.graph_objects as go
 import pytest
 from nbfactory import write_notebook
 
-from eureka_kit.report import _findings_html, figure_div, html_page, write_plotly_js
-from eureka_kit.sweep import notebook_errors, read_status
+from eureka_kit.workbench.report import _findings_html, figure_div, html_page, write_plotly_js
+from eureka_kit.workbench.sweep import notebook_errors, read_status
 
 
 def _headline(grpo_ratio, cpgd_ratio, cpgd_acc):
@@ -72,7 +72,7 @@ TINY_SUITE = {"tiny": {"x": 2}, "tiny_fails": {"x": 1, "fail": True}}
 
 def build_tiny_suite(root: Path) -> tuple[Path, list[dict]]:
     """`build_suite` over TINY_SUITE, with a stand-in toy-world page (html_page + summary.json) beside it."""
-    from eureka_kit.suite import build_suite
+    from eureka_kit.workbench.suite import build_suite
 
     nb_dir = root / "notebooks"
     nb_dir.mkdir(parents=True)
@@ -147,7 +147,7 @@ def test_the_network_check_catches_nbconverts_default_template(tiny_suite):
 
 def test_suite_skips_finished_notebooks_and_reruns_changed_parameters(tmp_path):
     pytest.importorskip("papermill")
-    from eureka_kit.suite import build_suite
+    from eureka_kit.workbench.suite import build_suite
 
     tiny_notebook(tmp_path / "tiny.ipynb")
     out = tmp_path / "reports"
@@ -162,8 +162,8 @@ def test_suite_skips_finished_notebooks_and_reruns_changed_parameters(tmp_path):
 
 
 def test_cli_report_only_toy_builds_the_toy_report_and_the_index(tmp_path, monkeypatch):
-    from eureka_kit import report
     from eureka_kit.cli import main
+    from eureka_kit.workbench import toy_report
 
     calls = []
 
@@ -172,7 +172,7 @@ def test_cli_report_only_toy_builds_the_toy_report_and_the_index(tmp_path, monke
         Path(out_dir).mkdir(parents=True)
         (Path(out_dir) / "index.html").write_text(html_page("fake toy", []))
 
-    monkeypatch.setattr(report, "toy_report", fake_toy_report)
+    monkeypatch.setattr(toy_report, "toy_report", fake_toy_report)
     assert main(["report", "--only-toy", "--out", str(tmp_path), "--presets", "grpo,cpgd", "--steps", "3"]) == 0
     assert calls == [(tmp_path / "toy_world", ("grpo", "cpgd"), dict(seed=0, eval_samples=8, num_steps=3,
                                                                       progress=True))]

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from eureka_kit import rewards
+from eureka_kit.data import rewards
 
 TIMEOUT = 1.0
 SLACK = 1.0  # parent-side text work on 1 MB inputs + scheduling on a loaded 2-core CI box

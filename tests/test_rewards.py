@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from eureka_kit.rewards import (
+from eureka_kit.data.rewards import (
     _fast_int,
     answer_letter,
     extract_answer,
@@ -131,7 +131,7 @@ FRACTION = "<think>x</think><answer>\\frac{1}{2}</answer>"  # not an integer: ma
 
 @pytest.mark.parametrize("timeout", [None, 30], ids=["inline", "worker"])
 def test_a_verifier_that_raises_scores_zero_and_counts_an_error(monkeypatch, timeout):
-    from eureka_kit import rewards
+    from eureka_kit.data import rewards
 
     # pow(answer, gold, compat) raises TypeError on strings; a builtin pickles by reference into the worker
     monkeypatch.setattr(rewards, "math_verify_accuracy", pow)
@@ -152,7 +152,7 @@ def test_a_worker_that_dies_in_a_call_is_an_error_naming_its_exit_code_and_the_n
 
 
 def _install_worker(monkeypatch, command):
-    from eureka_kit import rewards
+    from eureka_kit.data import rewards
 
     monkeypatch.setattr(rewards, "_WORKER", rewards._Worker(command))
     monkeypatch.setattr(rewards, "_CHECKED", set())
@@ -161,7 +161,7 @@ def _install_worker(monkeypatch, command):
 def test_a_worker_that_cannot_start_raises_verifier_unavailable_naming_the_cause(monkeypatch):
     import sys
 
-    from eureka_kit.rewards import VerifierUnavailable, check_verifier, score_batch
+    from eureka_kit.data.rewards import VerifierUnavailable, check_verifier, score_batch
 
     _install_worker(monkeypatch, [sys.executable, "-c", "import sys; sys.stderr.write('no math here'); sys.exit(3)"])
     for call in (lambda: score(FRACTION, "0.5", timeout=30),
@@ -177,7 +177,7 @@ def test_a_worker_that_cannot_start_raises_verifier_unavailable_naming_the_cause
 
 
 def test_check_verifier_passes_once_and_fails_on_a_wrong_answer(monkeypatch):
-    from eureka_kit import rewards
+    from eureka_kit.data import rewards
 
     monkeypatch.setattr(rewards, "_CHECKED", set())
     rewards.check_verifier(None)

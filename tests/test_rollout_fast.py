@@ -12,11 +12,12 @@ import pytest
 import torch
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
-from eureka_kit import ops, rollout
-from eureka_kit import train as train_mod
+from eureka_kit.algos import ops
 from eureka_kit.config import RunConfig
+from eureka_kit.data import toyworld
+from eureka_kit.engine import loop as train_mod
+from eureka_kit.engine import rollout
 from eureka_kit.models import build_toy_model
-from eureka_kit.tasks import toyworld
 
 K, NEW = 3, 24
 
@@ -175,7 +176,7 @@ def test_shared_prompt_learner_forward_matches_the_full_forward(problems, monkey
 
 def test_on_policy_step_takes_old_logp_from_the_learner_with_identical_metrics(tmp_path, problems, monkeypatch):
     """P1: with one epoch and one optimizer step per batch, skipping the no-grad pass changes no metric."""
-    from eureka_kit import rewards
+    from eureka_kit.data import rewards
 
     monkeypatch.setattr(rewards, "score_batch", lambda completions, golds, **_: [
         dict(accuracy=float(len(c) % 2), format=0.0, total=float(len(c) % 2), timeout=0.0) for c in completions])

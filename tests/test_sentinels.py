@@ -8,13 +8,13 @@ import math
 import pandas as pd
 import pytest
 
-from eureka_kit import diagnostics
+from eureka_kit.algos import diagnostics
 from eureka_kit.config import RunConfig
+from eureka_kit.data import toyworld
+from eureka_kit.engine.loop import train
+from eureka_kit.engine.runs import RunDir, open_run
 from eureka_kit.models import build_toy_model
-from eureka_kit.report import _warnings_html
-from eureka_kit.runs import RunDir, open_run
-from eureka_kit.tasks import toyworld
-from eureka_kit.train import train
+from eureka_kit.workbench.report import _warnings_html
 
 SMALL = dict(rollout_batch_size=4, group_size=4, train_batch_size=8, micro_batch_size=8, max_len=12, lr=1e-3)
 
@@ -134,7 +134,7 @@ def test_warnings_jsonl_round_trip_and_resume_truncation(tmp_path):
 @pytest.fixture
 def parity_reward(monkeypatch):
     """A random-init model never answers correctly: reward the length parity so groups have mixed rewards."""
-    from eureka_kit import rewards
+    from eureka_kit.data import rewards
 
     monkeypatch.setattr(rewards, "score_batch", lambda completions, golds, **_: [
         dict(accuracy=float(len(c) % 2), format=0.0, total=float(len(c) % 2), timeout=0.0) for c in completions])
@@ -184,7 +184,7 @@ def test_a_resumed_run_logs_each_warning_once_and_the_same_as_before(tmp_path, p
 
 
 def test_nan_steps_are_logged_as_warnings_before_the_run_stops(tmp_path, problems, parity_reward, monkeypatch):
-    import eureka_kit.losses as losses_module
+    import eureka_kit.algos.losses as losses_module
 
     real = losses_module.policy_loss
 

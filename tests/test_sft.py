@@ -8,14 +8,14 @@ import math
 import pytest
 import torch
 
-from eureka_kit import ops
+from eureka_kit.algos import ops
 from eureka_kit.cli import build_parser
 from eureka_kit.config import RunConfig, field_docs
+from eureka_kit.data import toyworld
+from eureka_kit.data.prompts import prompt_text
+from eureka_kit.engine.runs import open_run
+from eureka_kit.engine.sft import reference_batch, sft, sft_completion, sft_loss
 from eureka_kit.models import build_toy_model
-from eureka_kit.runs import open_run
-from eureka_kit.sft import reference_batch, sft, sft_completion, sft_loss
-from eureka_kit.tasks import toyworld
-from eureka_kit.tasks.prompts import prompt_text
 
 SMALL = dict(train_batch_size=8, micro_batch_size=8, num_steps=6, lr=3e-3, warmup_steps=1)
 
@@ -92,7 +92,7 @@ def test_sft_lowers_the_loss_on_toy_data_and_writes_the_run_directory(tmp_path, 
 
 
 def test_sft_resume_equals_the_uninterrupted_run(tmp_path, problems, crash_on_call):
-    import eureka_kit.sft as sft_module
+    import eureka_kit.engine.sft as sft_module
 
     settings = {**SMALL, "num_steps": 4, "save_every": 2}
     model, tok = build_toy_model(seed=5)
@@ -141,8 +141,8 @@ def test_cli_sft_help_lists_the_field_docs(capsys):
 
 
 def test_cli_eval_writes_greedy_accuracy_and_pass_at_k_into_the_run_directory(tmp_path, problems):
-    from eureka_kit import evaluate
     from eureka_kit.cli import main
+    from eureka_kit.engine import evaluate
 
     model, tok = build_toy_model(seed=0)
     sft(RunConfig.from_preset("sft", run_dir=str(tmp_path / "run"), **{**SMALL, "num_steps": 1}), policy=model,

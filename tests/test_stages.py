@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from eureka_kit.config import ConfigError, RunConfig
+from eureka_kit.data import toyworld
+from eureka_kit.engine.loop import train
+from eureka_kit.engine.runs import open_run
 from eureka_kit.models import build_toy_model
-from eureka_kit.runs import open_run
-from eureka_kit.tasks import toyworld
-from eureka_kit.train import train
 
 # One minibatch and one epoch per step: the policy at the start of a step is the one that rolled out.
 SMALL = dict(rollout_batch_size=4, group_size=4, train_batch_size=16, micro_batch_size=16, max_len=12, lr=1e-3)
@@ -30,7 +30,7 @@ def problems():
 @pytest.fixture(autouse=True)
 def parity_reward(monkeypatch):
     """Reward the parity of the completion's length, so a random-init model gets mixed groups (as test_train)."""
-    from eureka_kit import rewards
+    from eureka_kit.data import rewards
 
     def score_batch(completions, golds, **_):
         return [dict(accuracy=float(len(c) % 2), format=0.0, total=float(len(c) % 2), timeout=0.0)
@@ -91,7 +91,7 @@ def test_two_stages_log_stage_and_kl_and_use_a_reference_only_in_stage_two(tmp_p
 def test_resume_inside_stage_two_equals_the_uninterrupted_run(tmp_path, problems, crash_on_call):
     """Kill in step 4, resume from the step-2 checkpoint (inside stage 2): the reference comes back from the
     stage-boundary checkpoint and the metrics equal the uninterrupted run's."""
-    import eureka_kit.train as train_module
+    import eureka_kit.engine.loop as train_module
 
     stages = ({"num_steps": 2}, {"num_steps": 3, "kl_coef": KL, "train_subject": "physics"})
     settings = dict(SMALL, stages=stages, num_steps=5, save_every=3)  # checkpoints: 1 (boundary), 2, 4

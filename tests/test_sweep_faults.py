@@ -19,7 +19,7 @@ pytest.importorskip("papermill")
 
 from nbfactory import write_notebook  # noqa: E402
 
-from eureka_kit import sweep  # noqa: E402
+from eureka_kit.workbench import sweep  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 KEYS = [f"x={x}" for x in (1, 2, 3, 4)]

@@ -4,9 +4,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from eureka_kit.data import toyworld
+from eureka_kit.engine.base_policy import SFTConfig, build_base_policy, pass_stats, sample_pass_counts
 from eureka_kit.models import load
-from eureka_kit.tasks import toyworld
-from eureka_kit.toy import SFTConfig, build_base_policy, pass_stats, sample_pass_counts
 
 TINY = SFTConfig(steps=4, batch_size=8, n_per_level=10, warmup=2)
 
@@ -55,8 +55,8 @@ def test_cli_toy_build(tmp_path, monkeypatch, capsys):
 
 
 def test_sft_should_stop_ends_training():
+    from eureka_kit.engine.base_policy import sft, sft_examples
     from eureka_kit.models import build_toy_model
-    from eureka_kit.toy import sft, sft_examples
 
     model, tok = build_toy_model(seed=0)
     examples = sft_examples(tok, toyworld.generate("train", "math", 4, seed=0, levels=(0,)))
@@ -71,7 +71,7 @@ def test_build_stops_at_first_check_reaching_the_probe_accuracy(tmp_path, monkey
 
     import pandas as pd
 
-    from eureka_kit import evaluate
+    from eureka_kit.engine import base_policy
 
     probe_sizes, scores = [], iter([0.25, 0.5, 0.75])
 
@@ -80,7 +80,7 @@ def test_build_stops_at_first_check_reaching_the_probe_accuracy(tmp_path, monkey
         probe_sizes.append(len(problems))
         return pd.DataFrame(dict(successes=[next(scores)]))
 
-    monkeypatch.setattr(evaluate, "sample_problems", fake_greedy)
+    monkeypatch.setattr(base_policy, "sample_problems", fake_greedy)
     cfg = SFTConfig(steps=12, batch_size=8, n_per_level=10, warmup=2, first_check=4, check_every=2,
                     stop_at_accuracy=0.5, probe_per_level=2)
     out = build_base_policy(0, cfg, root=tmp_path, progress=False)

@@ -3,8 +3,8 @@
 import pytest
 from PIL import Image
 
-from eureka_kit.tasks import toyworld as tw
-from eureka_kit.tasks.prompts import SYSTEM_PROMPTS, build_messages
+from eureka_kit.data import toyworld as tw
+from eureka_kit.data.prompts import SYSTEM_PROMPTS, build_messages
 
 COLUMNS = {"id", "question", "answer", "image", "subject", "level", "solution"}
 

@@ -8,10 +8,11 @@ import pytest
 import torch
 
 from eureka_kit.config import RunConfig
+from eureka_kit.data import toyworld
+from eureka_kit.data.problems import ProblemStream
+from eureka_kit.engine.loop import train
+from eureka_kit.engine.runs import open_run
 from eureka_kit.models import build_toy_model
-from eureka_kit.runs import open_run
-from eureka_kit.tasks import toyworld
-from eureka_kit.train import ProblemStream, train
 
 SMALL = dict(rollout_batch_size=4, group_size=4, train_batch_size=8, micro_batch_size=8, max_len=12, num_steps=2,
              lr=1e-3)
@@ -30,7 +31,7 @@ def parity_reward(monkeypatch):
     """A random-init model never answers correctly, so every advantage would be 0 and nothing would move.
     Score by the parity of the completion's length instead: deterministic, and groups get mixed rewards.
     (The real reward has its own tests; this one exercises the loop.)"""
-    from eureka_kit import rewards
+    from eureka_kit.data import rewards
 
     def score_batch(completions, golds, **_):
         return [dict(accuracy=float(len(c) % 2), format=0.0, total=float(len(c) % 2), timeout=0.0)
@@ -78,7 +79,7 @@ def test_train_updates_parameters_and_writes_the_run_directory(tmp_path, problem
     # per minibatch: the second minibatch of epoch 1 sees the weights after the first optimizer step).
     import numpy as np
 
-    from eureka_kit.workbench import token_log_ratios
+    from eureka_kit.workbench.arms import token_log_ratios
 
     epochs = [np.asarray(e) for e in row.epoch_logp]
     assert len(epochs) == 2 and np.array_equal(epochs[-1], np.asarray(row.new_logp))
@@ -142,7 +143,7 @@ def test_online_filter_trains_only_on_mixed_groups(tmp_path, problems):
 def test_online_filter_refills_with_a_draw_sized_by_the_pass_rate(tmp_path, problems, monkeypatch):
     """Three groups in four are mixed (one right answer), the fourth all wrong: the first rollout of 16 prompts
     keeps 12 groups = 48 of the 64 rows; the refill draws 1.5 * 16 / (4 * 0.75) = 8 prompts, not 16, and fills."""
-    from eureka_kit import rewards
+    from eureka_kit.data import rewards
 
     groups_seen = []
 
@@ -164,7 +165,7 @@ def test_online_filter_refills_with_a_draw_sized_by_the_pass_rate(tmp_path, prob
 
 
 def test_all_groups_filtered_skips_the_update(tmp_path, problems, monkeypatch):
-    from eureka_kit import rewards
+    from eureka_kit.data import rewards
 
     monkeypatch.setattr(rewards, "score_batch", lambda completions, golds, **_: [
         dict(accuracy=0.0, format=0.0, total=0.0, timeout=0.0) for _ in completions])
@@ -195,8 +196,8 @@ def test_skip_zero_variance_stops_drawing_problems_whose_group_had_no_signal(tmp
     """Problems with an even-length answer score 1 on every response (zero variance); the others score 0, 1,
     0, 1 in their group of 4 (never zero variance). With a skip count larger than the run, a zero-variance
     problem is drawn once while the others keep coming round."""
-    import eureka_kit.train as train_module
-    from eureka_kit import rewards
+    import eureka_kit.engine.loop as train_module
+    from eureka_kit.data import rewards
 
     def score_batch(completions, golds, **_):
         acc = [1.0 if len(g) % 2 == 0 else float(i % 2) for i, g in enumerate(golds)]
@@ -224,7 +225,7 @@ def test_skip_zero_variance_stops_drawing_problems_whose_group_had_no_signal(tmp
 def test_resume_after_a_crash_reproduces_the_uninterrupted_run(tmp_path, problems, crash_on_call, skip):
     """Crash in step 3, resume from the step-1 checkpoint: metrics equal the uninterrupted run's (with
     skip_zero_variance, the skip counts travel in the checkpoint)."""
-    import eureka_kit.train as train_module
+    import eureka_kit.engine.loop as train_module
 
     settings = {**SMALL, "num_steps": 4, "save_every": 2, "skip_zero_variance": skip}
     if skip:
@@ -255,7 +256,7 @@ def test_resume_after_a_crash_reproduces_the_uninterrupted_run(tmp_path, problem
 
 
 def test_consecutive_nonfinite_steps_stop_the_run(tmp_path, problems, monkeypatch):
-    import eureka_kit.losses as losses_module
+    import eureka_kit.algos.losses as losses_module
 
     real = losses_module.policy_loss
 
@@ -304,7 +305,8 @@ def test_every_preset_runs_two_steps_and_moves_the_policy(tmp_path, problems, pr
 
 
 def test_checkpoint_loads_as_a_model_folder_and_runs_open(tmp_path, problems):
-    from eureka_kit import models, runs
+    from eureka_kit import models
+    from eureka_kit.engine import runs
 
     model, tok = build_toy_model(seed=7)
     train(RunConfig.from_preset("grpo", run_dir=str(tmp_path / "c"), **{**SMALL, "num_steps": 1}),
@@ -316,7 +318,7 @@ def test_checkpoint_loads_as_a_model_folder_and_runs_open(tmp_path, problems):
 
 
 def test_micro_batch_stats_merge_by_tokens():
-    from eureka_kit.train import _merge_stats
+    from eureka_kit.engine.loop import _merge_stats
 
     merged = _merge_stats([
         {"policy/num_tokens": 30.0, "policy/clipfrac": 0.1, "policy/ratio_max": 2.0, "policy/ratio_min": 0.9},

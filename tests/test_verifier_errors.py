@@ -9,12 +9,11 @@ import sys
 import pytest
 import torch
 
-from eureka_kit import rewards
 from eureka_kit.config import RunConfig
+from eureka_kit.data import rewards, toyworld
+from eureka_kit.engine.loop import VerifierFailure, train
+from eureka_kit.engine.runs import open_run
 from eureka_kit.models import build_toy_model
-from eureka_kit.runs import open_run
-from eureka_kit.tasks import toyworld
-from eureka_kit.train import VerifierFailure, train
 
 SMALL = dict(rollout_batch_size=4, group_size=4, train_batch_size=8, micro_batch_size=8, max_len=12, num_steps=2,
              lr=1e-3)

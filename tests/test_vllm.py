@@ -18,14 +18,15 @@ from backends import import_backend
 
 import_backend("vllm")
 
-from eureka_kit import rollout, rollout_vllm  # noqa: E402
 from eureka_kit.config import RunConfig  # noqa: E402
+from eureka_kit.data import toyworld  # noqa: E402
+from eureka_kit.data.prompts import prompt_text  # noqa: E402
+from eureka_kit.engine import rollout, rollout_vllm  # noqa: E402
+from eureka_kit.engine.base_policy import SFTConfig, sft  # noqa: E402
+from eureka_kit.engine.logprobs import batched_logprobs, completion_logprobs  # noqa: E402
+from eureka_kit.engine.loop import train  # noqa: E402
+from eureka_kit.engine.runs import open_run  # noqa: E402
 from eureka_kit.models import build_toy_model  # noqa: E402
-from eureka_kit.runs import open_run  # noqa: E402
-from eureka_kit.tasks import toyworld  # noqa: E402
-from eureka_kit.tasks.prompts import prompt_text  # noqa: E402
-from eureka_kit.toy import SFTConfig, sft  # noqa: E402
-from eureka_kit.train import batched_logprobs, completion_logprobs, train  # noqa: E402
 
 pytestmark = pytest.mark.vllm
 
@@ -156,7 +157,7 @@ def test_weights_pushed_after_an_optimizer_step_reach_the_engine(policy, problem
 
 def test_train_two_steps_with_the_vllm_backend(policy, problems, tmp_path, monkeypatch):
     """train() pushes the weights after its optimizer steps: step 1's rollouts come from the updated policy."""
-    from eureka_kit import rewards
+    from eureka_kit.data import rewards
 
     def parity(completions, golds, **_):  # mixed rewards within groups, so every step moves the weights
         return [dict(accuracy=float(len(c) % 2), format=0.0, total=float(len(c) % 2), timeout=0.0) for c in completions]

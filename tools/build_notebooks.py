@@ -47,9 +47,9 @@ DEFAULTS = dict(num_steps=40, rollout_batch_size=8, group_size=8, minibatches=4,
 
 IMPORTS = '''import pandas as pd
 
-from eureka_kit import notebook_params as P
-from eureka_kit import viz
-from eureka_kit import workbench as W
+from eureka_kit.workbench import notebook_params as P
+from eureka_kit.workbench import viz
+from eureka_kit.workbench import arms as W
 from eureka_kit.config import RunConfig'''
 
 
@@ -93,7 +93,7 @@ and off-policy pressure (several optimizer steps per rollout), then you check yo
 exercise cell that asserts.
 """),
     ("params", params('seed: int = 0  # one seed per rung')),
-    ("code", IMPORTS + "\nfrom eureka_kit import advantages, losses\nimport torch\n\n"
+    ("code", IMPORTS + "\nfrom eureka_kit.algos import advantages, losses\nimport torch\n\n"
      + validate("seed=seed", "seed=P.non_negative_int")),
     ("code", '''
 # The ladder: each rung overrides one slot of the previous one.
@@ -193,7 +193,7 @@ viz.training_curves(hist, {"reward/accuracy": "accuracy", "policy/ratio_max": "m
 # saved log-ratios, advantages and the clip bounds ln(1 - eps_low), ln(1 + eps_high).
 import math
 import numpy as np
-from eureka_kit.replay import replay_step
+from eureka_kit.workbench.replay import replay_step
 
 step = runs["cpgd"].dir.rollout_steps()[-1]
 r = replay_step(runs["cpgd"].dir, step)
@@ -392,7 +392,7 @@ concentrates on problems the base *sometimes* solved, and problems it *never* so
                       'train_per_level: int = 8  # training problems per difficulty level\n'
                       'eval_samples: int = 8  # samples per problem for pass@k', num_steps=30,
                       lr=1e-4, update_epochs=1, minibatches=1)),  # on-policy: the toy base collapses under pressure
-    ("code", IMPORTS + "\nfrom eureka_kit.config import PRESETS\nfrom eureka_kit import evaluate\n\n"
+    ("code", IMPORTS + "\nfrom eureka_kit.config import PRESETS\nfrom eureka_kit.engine import evaluate\n\n"
      + validate("preset=preset, seed=seed, train_per_level=train_per_level, eval_samples=eval_samples",
                 "preset=P.choice(PRESETS), seed=P.non_negative_int, train_per_level=P.positive_int, eval_samples=P.positive_int")),
     ("code", '''
@@ -462,7 +462,7 @@ and on physics / chemistry / biology questions that ask the same arithmetic in o
                       'sft_steps: int = 60  # SFT optimizer steps\nsft_batch_size: int = 32\nsft_lr: float = 5e-4\n'
                       'eval_per_level: int = 4  # test problems per level and subject\neval_samples: int = 4',
                       lr=1e-4, update_epochs=1, minibatches=1)),
-    ("code", IMPORTS + "\nfrom eureka_kit.config import PRESETS\nfrom eureka_kit.tasks.toyworld import SUBJECTS\n\n"
+    ("code", IMPORTS + "\nfrom eureka_kit.config import PRESETS\nfrom eureka_kit.data.toyworld import SUBJECTS\n\n"
      + validate("preset=preset, seed=seed, train_per_level=train_per_level, sft_steps=sft_steps, "
                 "sft_batch_size=sft_batch_size, sft_lr=sft_lr, eval_per_level=eval_per_level, eval_samples=eval_samples",
                 "preset=P.choice(PRESETS), seed=P.non_negative_int, train_per_level=P.positive_int, "
@@ -523,7 +523,7 @@ EXPLORER = [
 Pick a run directory, a step and a sample: the completion's tokens are coloured by log-ratio (new vs old
 policy), advantage, clip events or entropy, beside the sample's group and rewards; the replay panel recomputes
 the step's loss under another preset on exactly the same saved batch. If `run_dir` is empty, a small demo run
-is trained first. Every callback is a thin wrapper over `eureka_kit.explorer` (tested without a browser).
+is trained first. Every callback is a thin wrapper over `eureka_kit.workbench.explorer` (tested without a browser).
 """),
     ("params", '''run_dir: str = ""  # a run directory or a folder of runs; empty: train a small demo run
 preset: str = "grpo"  # preset of the demo run
@@ -539,10 +539,10 @@ progress: bool = False'''),
     ("code", '''
 from pathlib import Path
 
-from eureka_kit import explorer
-from eureka_kit import notebook_params as P
-from eureka_kit import viz
-from eureka_kit import workbench as W
+from eureka_kit.workbench import explorer
+from eureka_kit.workbench import notebook_params as P
+from eureka_kit.workbench import viz
+from eureka_kit.workbench import arms as W
 from eureka_kit.config import PRESETS, RunConfig
 
 params = P.validate(dict(run_dir=run_dir, preset=preset, replay_preset=replay_preset, num_steps=num_steps,
@@ -573,7 +573,7 @@ ui
            "(largest |log-ratio|), and that step's sample with the largest |log-ratio|."),
     ("code", '''
 from IPython.display import HTML
-from eureka_kit.runs import open_run
+from eureka_kit.engine.runs import open_run
 run = runs[0]
 metrics = open_run(run).metrics()
 saved = explorer.steps_of(run)
@@ -591,7 +591,7 @@ viz.ratio_histogram(df)
 '''),
     ("code", '''
 # What this shows (computed)
-from eureka_kit.replay import compare_presets
+from eureka_kit.workbench.replay import compare_presets
 cmp = compare_presets(run, step, [explorer.run_preset(run), replay_preset]).set_index("preset")
 own = explorer.run_preset(run)
 zero = int((df.groupby("group").reward.std().fillna(0) == 0).sum())
@@ -638,13 +638,13 @@ progress: bool = False  # console progress bars'''),
 import pandas as pd
 import plotly.express as px
 
-from eureka_kit import bestofn, prm, prm_data
-from eureka_kit import notebook_params as P
-from eureka_kit import workbench as W
+from eureka_kit.prm import bestofn, data as prm_data, model as prm
+from eureka_kit.workbench import notebook_params as P
+from eureka_kit.workbench import arms as W
 from eureka_kit.config import RunConfig
 from eureka_kit.models import load
-from eureka_kit.steps import StepPolicyConfig, build_step_policy
-from eureka_kit.tasks import toyworld
+from eureka_kit.prm.steps import StepPolicyConfig, build_step_policy
+from eureka_kit.data import toyworld
 
 params = P.validate(
     dict(seed=seed, policy_steps=policy_steps, label_levels=label_levels, label_per_level=label_per_level,

@@ -1,0 +1,274 @@
+"""Ratio explorer over run directories: pick a run, a step, a sample; see its tokens coloured by
+log-ratio / advantage / clip event / entropy, its group's rewards, and the step's loss replayed under
+another preset.
+
+Everything that computes is a pure function of (run path, step, sample, choices) returning HTML strings
+or tables, so it is tested without a browser; `ExplorerWidget` (ipywidgets, JupyterLab) and
+notebooks/ratio_explorer.py (marimo) are thin wrappers that call `view(...)`.
+
+Entropy: training saves the per-token policy entropy (old policy, sampling temperature) in the rollouts
+parquet; for run directories written before that column existed the explorer shows the sampled token's
+surprisal -log p_old instead (its expectation is the entropy) and says so in the legend.
+"""
+
+from __future__ import annotations
+
+import html
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from eureka_kit.engine.runs import open_run
+from eureka_kit.workbench.replay import replay_step
+
+COLOR_BY = ("log-ratio", "advantage", "clip", "entropy")
+MAX_COMPLETION_CHARS = 60
+
+
+# ---------------------------------------------------------------------------------------------
+# Finding runs and loading steps.
+
+
+def find_runs(root: str | Path, max_depth: int = 4) -> list[str]:
+    """Run directories (holding config.json and saved rollouts) under `root`, sorted; `root` itself included."""
+    root = Path(root)
+    if not root.exists():
+        return []
+    found = []
+    for cfg in root.glob("config.json"):
+        found.append(cfg.parent)
+    for depth in range(1, max_depth + 1):
+        found += [p.parent for p in root.glob("/".join(["*"] * depth) + "/config.json")]
+    return sorted(str(p) for p in set(found) if (p / "rollouts").is_dir() and any((p / "rollouts").glob("step_*.parquet")))
+
+
+def steps_of(run: str) -> list[int]:
+    return open_run(run).rollout_steps()
+
+
+@lru_cache(maxsize=32)
+def load_step(run: str, step: int) -> pd.DataFrame:
+    """The saved rollouts of one step, sorted by sample (cached: the parquet is immutable once written)."""
+    return open_run(run).rollouts(step).sort_values("sample").reset_index(drop=True)
+
+
+def run_preset(run: str) -> str:
+    return open_run(run).config().get("config", {}).get("preset", "cpgd")
+
+
+def sample_options(df: pd.DataFrame) -> list[tuple[str, int]]:
+    """(label, sample) pairs for a picker: '#3 g0 reward 1.50 acc 1 A +0.71'."""
+    return [(f"#{r.sample} g{r.group} reward {r.reward:.2f} acc {r.accuracy:.0f} A {r.advantage:+.2f}", int(r.sample))
+            for r in df.itertuples()]
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-token values and their colouring.
+
+
+@lru_cache(maxsize=64)
+def _replayed(run: str, step: int, preset: str):
+    return replay_step(run, step, preset)
+
+
+def token_values(run: str, step: int, sample: int, color_by: str) -> tuple[list[str], np.ndarray, str]:
+    """(tokens, values, legend) of one sample. clip: -1 clipped low side, +1 high side, 0 not clipped
+    (under the run's own preset)."""
+    if color_by not in COLOR_BY:
+        raise ValueError(f"color_by: must be one of {COLOR_BY}, got {color_by!r}")
+    df = load_step(run, step)
+    rows = df.index[df["sample"] == sample]
+    if not len(rows):
+        raise ValueError(f"sample: {sample} is not in step {step} (samples 0..{len(df) - 1})")
+    i = int(rows[0])
+    row = df.iloc[i]
+    tokens = list(row["tokens"]) if "tokens" in df else [str(t) for t in row["token_ids"]]
+    n = len(tokens)
+    if color_by == "log-ratio":
+        values = np.asarray(row["new_logp"]) - np.asarray(row["old_logp"])
+        legend = "log-ratio new - old (green: more likely after the update, red: less)"
+    elif color_by == "advantage":
+        values = np.full(n, float(row["advantage"])) * np.asarray(row["loss_mask"])
+        legend = f"advantage A = {row['advantage']:+.3f} (same on every token of a response)"
+    elif color_by == "clip":
+        r = _replayed(run, step, run_preset(run))
+        values = r.clipped_high[i, :n].astype(float) - r.clipped_low[i, :n].astype(float)
+        legend = f"clip events under the run's preset ({run_preset(run)}): blue = high side (A>0), red = low side (A<0)"
+    else:
+        if "entropy" in df and row["entropy"] is not None:
+            values, legend = np.asarray(row["entropy"]), "entropy of the policy at each position (nats)"
+        else:
+            values = -np.asarray(row["old_logp"])
+            legend = "surprisal -log p_old of the sampled token (entropy not saved in this run; its mean is the entropy)"
+    return tokens, np.asarray(values, dtype=float)[:n], legend
+
+
+def _rgb(value: float, scale: float, kind: str) -> str:
+    """Background colour: diverging red-white-green (signed values) or white-purple (entropy/surprisal)."""
+    if kind == "clip":
+        return {1: "#9ecae1", -1: "#fc9272"}.get(int(np.sign(value)), "transparent")
+    x = 0.0 if scale <= 0 else float(np.clip(value / scale, -1, 1))
+    if kind == "entropy":
+        x = abs(x)
+        return f"rgb({int(255 - 120 * x)},{int(255 - 160 * x)},{255})"
+    if x >= 0:
+        return f"rgb({int(255 - 155 * x)},{255},{int(255 - 155 * x)})"
+    x = -x
+    return f"rgb({255},{int(255 - 155 * x)},{int(255 - 155 * x)})"
+
+
+def tokens_html(tokens: list[str], values: np.ndarray, color_by: str, *, scale: float | None = None,
+                legend: str = "") -> str:
+    """Tokens as <span>s with a background colour for their value and a tooltip with the number."""
+    if len(tokens) != len(values):
+        raise ValueError(f"tokens and values differ in length: {len(tokens)} vs {len(values)}")
+    if scale is None:
+        finite = np.abs(values[np.isfinite(values)])
+        scale = 1.0 if color_by == "log-ratio" else float(finite.max()) if finite.size else 1.0
+    spans = []
+    for tok, v in zip(tokens, values, strict=True):
+        shown = html.escape(tok).replace("\n", "⏎")
+        spans.append(f'<span class="tok" title="{html.escape(color_by)} = {v:+.4f}" '
+                     f'style="background:{_rgb(v, scale, color_by)};padding:1px 0;font-family:monospace">{shown}</span>')
+    legend_html = f'<div style="font-size:12px;color:#555">{html.escape(legend)}</div>' if legend else ""
+    return f'<div class="tokens" style="line-height:1.9;white-space:pre-wrap">{"".join(spans)}</div>{legend_html}'
+
+
+# ---------------------------------------------------------------------------------------------
+# The group and the replay panel.
+
+
+def group_table(df: pd.DataFrame, sample: int) -> pd.DataFrame:
+    """The responses of `sample`'s group: sample, reward, accuracy, advantage, length, completion (shortened)."""
+    group = int(df.loc[df["sample"] == sample, "group"].iloc[0])
+    g = df[df["group"] == group]
+    return pd.DataFrame({
+        "sample": g["sample"].astype(int), "reward": g["reward"], "accuracy": g["accuracy"],
+        "advantage": g["advantage"], "tokens": g["loss_mask"].map(lambda m: int(np.sum(m))),
+        "completion": g["completion"].map(lambda c: c if len(c) <= MAX_COMPLETION_CHARS else c[:MAX_COMPLETION_CHARS] + "…"),
+    }).reset_index(drop=True)
+
+
+def group_html(df: pd.DataFrame, sample: int) -> str:
+    t = group_table(df, sample)
+    problem = df.loc[df["sample"] == sample].iloc[0]
+    rows = []
+    for r in t.itertuples():
+        style = ' style="background:#fff3bf;font-weight:bold"' if r.sample == sample else ""
+        rows.append(f"<tr{style}><td>{r.sample}</td><td>{r.reward:.2f}</td><td>{r.accuracy:.0f}</td>"
+                    f"<td>{r.advantage:+.3f}</td><td>{r.tokens}</td><td style='text-align:left;font-family:monospace'>"
+                    f"{html.escape(r.completion)}</td></tr>")
+    head = (f"<div>problem <code>{html.escape(str(problem['problem_id']))}</code> (answer "
+            f"<code>{html.escape(str(problem['answer']))}</code>); group mean reward {t.reward.mean():.2f}, "
+            f"{int((t.accuracy > 0).sum())}/{len(t)} correct</div>")
+    return (head + "<table><tr><th>sample</th><th>reward</th><th>acc</th><th>advantage</th><th>tokens</th>"
+            "<th>completion</th></tr>" + "".join(rows) + "</table>")
+
+
+REPLAY_KEYS = (("loss/total", "loss"), ("policy/clipfrac_low", "clip low"), ("policy/clipfrac_high", "clip high"),
+               ("policy/ratio_max", "ratio max"), ("policy/approx_kl", "drift KL k3"))
+
+
+def replay_table(run: str, step: int, presets: list[str], sample: int | None = None) -> pd.DataFrame:
+    """One row per preset: the step's replayed loss and clip stats; with `sample`, that response's own
+    token-mean loss, clip fractions and mean |gradient coefficient|."""
+    df = load_step(run, step)
+    rows = []
+    for preset in presets:
+        r = _replayed(run, step, preset)
+        row = {"preset": preset, **{label: r.stats.get(key, float("nan")) for key, label in REPLAY_KEYS}}
+        if sample is not None:
+            i = int(df.index[df["sample"] == sample][0])
+            per = r.per_sample().iloc[i]
+            n = max(r.mask[i].sum(), 1)
+            row.update({"sample loss": per.loss_token_mean, "sample clip low": per.clipfrac_low,
+                        "sample clip high": per.clipfrac_high,
+                        "sample |grad|": float(np.abs(r.grad_coef[i]).sum() / n)})
+        if r.stats.get("replay/kl_dropped"):
+            row["note"] = "reference KL not replayable (not saved)"
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def replay_html(run: str, step: int, preset: str, sample: int | None = None) -> str:
+    own = run_preset(run)
+    presets = [own] if preset == own else [own, preset]
+    t = replay_table(run, step, presets, sample)
+    return (f"<div>step {step} replayed: the saved batch (old/new log-probs, advantages, mask) under "
+            f"<b>{html.escape(own)}</b> (trained) and <b>{html.escape(preset)}</b></div>"
+            + t.to_html(index=False, float_format=lambda v: f"{v:.4g}", border=0))
+
+
+def view(run: str, step: int, sample: int, color_by: str = "log-ratio", replay_preset: str = "cpgd") -> dict[str, str]:
+    """Everything the explorer shows for one selection, as HTML strings: header, tokens, group, replay."""
+    df = load_step(run, step)
+    row = df.loc[df["sample"] == sample].iloc[0]
+    tokens, values, legend = token_values(run, step, sample, color_by)
+    header = (f"<b>{html.escape(Path(run).name)}</b> step {step}, sample {sample}: reward {row['reward']:.2f}, "
+              f"accuracy {row['accuracy']:.0f}, advantage {row['advantage']:+.3f}, {len(tokens)} tokens, "
+              f"finish: {html.escape(str(row.get('finish_reason', '')))}")
+    return {"header": header, "tokens": tokens_html(tokens, values, color_by, legend=legend),
+            "group": group_html(df, sample), "replay": replay_html(run, step, replay_preset, sample)}
+
+
+# ---------------------------------------------------------------------------------------------
+# ipywidgets wrapper (thin: every callback calls `view`).
+
+
+class ExplorerWidget:
+    """Run / step / sample pickers, colour choice and replay preset; HTML panes updated on every change."""
+
+    def __init__(self, root: str | Path, *, replay_preset: str = "cpgd"):
+        import ipywidgets as w
+
+        from eureka_kit.config import PRESETS
+
+        self.root = str(root)
+        runs = find_runs(root)
+        if not runs:
+            raise FileNotFoundError(f"run directory: no runs with saved rollouts under {root}")
+        self.run = w.Dropdown(options=[(Path(r).name, r) for r in runs], description="run")
+        self.step = w.Dropdown(description="step")
+        self.sample = w.Dropdown(description="sample", layout=w.Layout(width="460px"))
+        self.color_by = w.ToggleButtons(options=list(COLOR_BY), value="log-ratio", description="colour")
+        self.replay_preset = w.Dropdown(options=list(PRESETS), value=replay_preset, description="replay as")
+        self.header, self.tokens, self.group, self.replay = (w.HTML() for _ in range(4))
+        self.widget = w.VBox([w.HBox([self.run, self.step, self.sample]), w.HBox([self.color_by, self.replay_preset]),
+                              self.header, self.tokens, self.group, self.replay])
+        self._busy = False
+        self.run.observe(self._on_run, names="value")
+        self.step.observe(self._on_step, names="value")
+        for control in (self.sample, self.color_by, self.replay_preset):
+            control.observe(self._render, names="value")
+        self._on_run()
+
+    def _on_run(self, change=None) -> None:
+        self._busy = True
+        steps = steps_of(self.run.value)
+        self.step.options = steps
+        self.step.value = steps[-1]
+        self._busy = False
+        self._on_step()
+
+    def _on_step(self, change=None) -> None:
+        if self._busy:
+            return
+        self._busy = True
+        self.sample.options = sample_options(load_step(self.run.value, self.step.value))
+        self.sample.value = self.sample.options[0][1]
+        self._busy = False
+        self._render()
+
+    def _render(self, change=None) -> None:
+        if self._busy or self.sample.value is None:
+            return
+        out = view(self.run.value, self.step.value, self.sample.value, self.color_by.value, self.replay_preset.value)
+        self.header.value, self.tokens.value, self.group.value, self.replay.value = (
+            out["header"], out["tokens"], out["group"], out["replay"])
+
+    def _ipython_display_(self):
+        from IPython.display import display
+
+        display(self.widget)

@@ -1,0 +1,334 @@
+"""Static HTML reports, rendered from run directories: the toy-world page, one page per executed notebook,
+and reports/index.html. A view: it never trains (`workbench.toy_report` runs the toy world, then calls here).
+
+`toy_page` writes one HTML page with plotly charts that renders offline (plotly.js is written once next to
+the page). Conclusions in the page are computed from the results, never written in advance.
+
+`write_report` turns an executed notebook into HTML (code hidden) and `build_index` lists every report and
+notebook run under a folder. No page loads anything from the network: plotly.js is one local file, and
+nbconvert's CDN scripts (require.js, MathJax, mermaid, the widget manager) are left out.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import plotly.io as pio
+import torch
+
+from eureka_kit.algos import diagnostics
+from eureka_kit.engine.runs import RunDir
+from eureka_kit.workbench import viz
+
+# The folder of one notebook run under reports/<notebook>/<key>/ (written by `sweep`, listed by `build_index`).
+STATUS = "status.json"
+EXECUTED = "executed.ipynb"
+REPORT = "report.html"
+
+
+def read_status(run_dir: Path) -> dict[str, Any]:
+    path = Path(run_dir) / STATUS
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def collect(out: str | Path) -> list[dict[str, Any]]:
+    """Every run's status under `out` (`out/<notebook>/<key>/status.json`), with its paths."""
+    out = Path(out)
+    rows = []
+    for path in sorted(out.glob(f"*/*/{STATUS}")):
+        status = read_status(path.parent)
+        rows.append({**status, "notebook_name": path.parent.parent.name, "key": path.parent.name,
+                     "dir": str(path.parent.relative_to(out))})
+    return rows
+
+
+
+def write_plotly_js(out_dir: Path) -> None:
+    from plotly.offline import get_plotlyjs
+
+    target = out_dir / "plotly.min.js"
+    if not target.exists():
+        target.write_text(get_plotlyjs())
+
+
+def figure_div(fig) -> str:
+    return pio.to_html(fig, include_plotlyjs=False, full_html=False)
+
+
+def html_page(title: str, sections: list[tuple[str, str]]) -> str:
+    """A self-contained page (except ./plotly.min.js): sections are (heading, html body)."""
+    body = "\n".join(f"<section><h2>{html.escape(h)}</h2>\n{b}</section>" for h, b in sections)
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<script src="plotly.min.js"></script>
+<style>body{{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}}
+table{{border-collapse:collapse;font-size:14px}}td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}
+th{{background:#f4f4f4}}section{{margin-bottom:2em}}.warn{{color:#a00}}code{{background:#f4f4f4}}</style>
+</head><body><h1>{html.escape(title)}</h1>\n{body}\n</body></html>"""
+
+
+def _table(df: pd.DataFrame, floatfmt: str = "{:.3g}") -> str:
+    return df.to_html(index=False, float_format=lambda v: floatfmt.format(v), border=0)
+
+
+def toy_page(out_dir: Path, run_dirs: dict[str, RunDir], base: tuple[pd.DataFrame, pd.DataFrame],
+             after: dict[str, tuple[pd.DataFrame, pd.DataFrame]], *, settings: dict, presets, seed: int,
+             eval_samples: int, elapsed: float) -> Path:
+    """Write the toy-world page `out_dir/index.html` (+ summary.json) from finished runs and their evaluations:
+    `base` and each `after[preset]` are `evaluate.evaluate`'s (per_problem, summary). Returns the page's path."""
+    base_problems, base_summary = base
+    after_problems = {name: problems for name, (problems, _) in after.items()}
+    after_summary = {name: summary for name, (_, summary) in after.items()}
+    histories = {name: rd.metrics() for name, rd in run_dirs.items()}
+    headline = _headline(base_summary, after_summary, histories)
+    sections = [
+        ("Setup", _setup_html(settings, presets, seed, eval_samples, elapsed)),
+        ("Results", _table(headline) + _findings_html(headline, histories)),
+        ("Training curves", figure_div(viz.training_curves(histories))),
+        ("Accuracy by subject (in-domain math, out-of-domain physics/chemistry/biology)",
+         figure_div(viz.subject_accuracy({"base": base_summary, **after_summary}))),
+        ("Which problems RL lifts (bucketed by the base policy's success rate on math)",
+         figure_div(viz.solved_vs_never(base_problems[base_problems.subject == "math"],
+                                        {k: v[v.subject == "math"] for k, v in after_problems.items()}))),
+        ("Collapse sentinels and NaN/Inf-skipped steps, with the samples that triggered them",
+         _warnings_html(run_dirs, out_dir)),
+    ]
+    for name, rd in run_dirs.items():
+        steps = rd.rollout_steps()
+        if steps:
+            sections.append((f"{name}: per-token log-ratio at the last step",
+                             figure_div(viz.ratio_histogram(rd.rollouts(steps[-1])))))
+        sections.append((f"{name}: per-problem learning matrix", figure_div(viz.problem_matrix(rd.problems()))))
+    write_plotly_js(out_dir)
+    page = out_dir / "index.html"
+    page.write_text(html_page(f"eureka_kit toy-world report: {', '.join(presets)} under off-policy pressure", sections))
+    (out_dir / "summary.json").write_text(json.dumps(headline.to_dict(orient="records"), indent=2))
+    print(headline.to_string(index=False))
+    print(f"report: {page} ({elapsed:.0f} s)")
+    return page
+
+
+def _headline(base: pd.DataFrame, after: dict[str, pd.DataFrame], histories: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    rows = []
+    for name, summary in {"base": base, **after}.items():
+        acc = summary.set_index("subject")["accuracy"]
+        h = histories.get(name, pd.DataFrame())
+        rows.append({
+            "model": name,
+            "math acc": acc.get("math", float("nan")),
+            "OOD acc": acc.drop("math", errors="ignore").mean(),
+            "math never solved": float(summary.set_index("subject").loc["math", "never_solved"]) if "math" in acc else float("nan"),
+            "peak ratio max": h["policy/ratio_max"].max() if "policy/ratio_max" in h else float("nan"),
+            "mean clip frac": h["policy/clipfrac"].mean() if "policy/clipfrac" in h else float("nan"),
+            "final entropy": h["policy/entropy"].iloc[-1] if "policy/entropy" in h else float("nan"),
+            "NaN/Inf-skipped steps": h["optim/skipped_steps"].sum() if "optim/skipped_steps" in h else float("nan"),
+            "warnings": _warning_summary(h),
+        })
+    return pd.DataFrame(rows)
+
+
+def _warning_summary(history: pd.DataFrame) -> str:
+    """'ratio_tail x4 (first at step 3)' per sentinel kind, '-' when none fired."""
+    if history.empty:
+        return "-"
+    found: dict[str, list[int]] = {}
+    for w in diagnostics.collapse_warnings(history.to_dict("records")):
+        found.setdefault(str(w["kind"]), []).append(int(w["step"]))
+    return "; ".join(f"{k} x{len(v)} (first at step {v[0]})" for k, v in found.items()) or "-"
+
+
+def _warnings_html(run_dirs: dict[str, RunDir], out_dir: Path, per_kind: int = 3) -> str:
+    """Per run: the optimizer steps skipped for NaN/Inf, then a table of its sentinel warnings (warnings.jsonl),
+    each with its step and the offending samples quoted and linked to that step's rollouts parquet. The first
+    `per_kind` warnings of each kind are shown; the rest are counted with their steps."""
+    parts = []
+    for name, run_dir in run_dirs.items():
+        metrics = run_dir.metrics()
+        skipped = metrics[metrics["optim/skipped_steps"] > 0] if "optim/skipped_steps" in metrics else metrics.iloc[:0]
+        total = int(skipped["optim/skipped_steps"].sum()) if len(skipped) else 0
+        where = f" (at RL steps {', '.join(map(str, skipped.step.astype(int)))})" if total else ""
+        parts.append(f"<h3>{html.escape(name)}</h3><p{' class=warn' if total else ''}>{total} optimizer step(s) "
+                     f"skipped for a NaN/Inf loss or gradient{where}.</p>")
+        warnings = run_dir.warnings()
+        if warnings.empty:
+            parts.append("<p>No collapse sentinel fired.</p>")
+            continue
+        rows = []
+        for kind, group in warnings.groupby("kind", sort=False):
+            for w in group.head(per_kind).itertuples():
+                since = f"{w.since_step}–{w.step}" if w.since_step != w.step else str(w.step)
+                rollouts = Path(os.path.relpath(run_dir.path / "rollouts" / f"step_{w.step:06d}.parquet", out_dir))
+                rows.append(f"<tr><td>{html.escape(kind)}</td><td>{since}</td><td>{w.value:.3g}</td>"
+                            f"<td style='text-align:left'>{html.escape(w.message)}</td>"
+                            f"<td style='text-align:left'>{_samples_html(w.samples, rollouts)}</td></tr>")
+            if len(group) > per_kind:
+                later = ", ".join(map(str, group.step.iloc[per_kind:]))
+                rows.append(f"<tr><td>{html.escape(kind)}</td><td colspan=4 style='text-align:left'>"
+                            f"{len(group) - per_kind} more at steps {later}</td></tr>")
+        parts.append("<table><tr><th>sentinel</th><th>step(s)</th><th>value</th><th>why</th>"
+                     "<th>offending samples (row of the step's rollouts parquet)</th></tr>" + "".join(rows) + "</table>")
+    return "".join(parts)
+
+
+def _samples_html(samples: list[dict], rollouts: Path) -> str:
+    items = [f'<li><a href="{html.escape(rollouts.as_posix())}">sample {s["sample"]}</a>: reward {s["reward"]:.3g}, '
+             f'max log-ratio {s["max_log_ratio"]:+.3g} at <code>{html.escape(repr(s["token"]))}</code>, '
+             f'{s["length"]} tokens: <q>{html.escape(s["completion"][:160])}</q></li>' for s in samples]
+    return f"<ul>{''.join(items)}</ul>" if items else "none in this step's rollouts"
+
+
+def _setup_html(settings: dict, presets, seed: int, eval_samples: int, elapsed: float) -> str:
+    items = "".join(f"<li><code>{html.escape(k)}={html.escape(str(v))}</code></li>" for k, v in settings.items())
+    return (f"<p>Presets {', '.join(presets)}; seed {seed}; evaluation: {eval_samples} samples per test problem at "
+            f"temperature 1. Torch threads: {torch.get_num_threads()}. Wall time {elapsed:.0f} s.</p><ul>{items}</ul>")
+
+
+def _findings_html(headline: pd.DataFrame, histories: dict[str, pd.DataFrame]) -> str:
+    """Plain-language findings computed from the numbers."""
+    base = headline.iloc[0]
+    lines = []
+    for _, row in headline.iloc[1:].iterrows():
+        delta, ood = row["math acc"] - base["math acc"], row["OOD acc"] - base["OOD acc"]
+        lines.append(f"<li><b>{row.model}</b>: math accuracy {base['math acc']:.1%} → {row['math acc']:.1%} "
+                     f"({delta:+.1%}), out-of-domain {base['OOD acc']:.1%} → {row['OOD acc']:.1%} ({ood:+.1%}); "
+                     f"largest token ratio seen {row['peak ratio max']:.3g}; collapse sentinels: {row.warnings}.</li>")
+    arms = headline.set_index("model")
+    if {"grpo", "cpgd"} <= set(arms.index):
+        g, c = arms.loc["grpo", "peak ratio max"], arms.loc["cpgd", "peak ratio max"]
+        verdict = "reproduces" if c < g else "does NOT reproduce"
+        lines.append(f"<li>Stability (CPGD paper §4.2: GRPO without KL grows ratio tails, CPGD keeps them bounded) "
+                     f"{verdict} here: peak token ratio GRPO {g:.3g} vs CPGD {c:.3g} ({g / c:.2g}x).</li>")
+    lifted = [m for m in arms.index[1:] if arms.loc[m, "math acc"] > base["math acc"]]
+    lines.append("<li>RL improving in-domain accuracy over the base policy: "
+                 + (f"seen for {', '.join(lifted)}." if lifted else
+                    "does NOT reproduce here: every preset ends below the base policy (see reports/LOG.md).")
+                 + "</li>")
+    if len(headline) > 2:
+        best = headline.iloc[1:].sort_values("math acc", ascending=False).iloc[0]
+        calm = headline.iloc[1:].sort_values("peak ratio max").iloc[0]
+        lines.append(f"<li>Highest final math accuracy: <b>{best.model}</b>; smallest ratio tail: <b>{calm.model}</b>.</li>")
+    return "<ul>" + "".join(lines) + "</ul>"
+
+
+# ---------------------------------------------------------------------------------------------
+# Notebook runs: one offline page per executed notebook, and reports/index.html over everything.
+
+# nbconvert's lab template loads require.js, MathJax, mermaid and the widget manager from CDNs; these blocks
+# drop them so a report opens offline. Without MathJax, equations stay readable as their LaTeX source.
+OFFLINE_TEMPLATE = """{%- extends 'index.html.j2' -%}
+{%- block html_head_js -%}{%- endblock html_head_js -%}
+{%- block html_head_js_mathjax -%}{%- endblock html_head_js_mathjax -%}
+{%- block html_head_js_mermaidjs -%}{%- endblock html_head_js_mermaidjs -%}
+{%- block jupyter_widgets -%}{%- endblock jupyter_widgets -%}
+"""
+WIDGET_NOTE = ("<p><i>Interactive widget: it needs a live kernel, so open the notebook in Jupyter to use it; "
+               "the static views below come from the same functions.</i></p>")
+
+
+def write_report(executed: Path, out: Path, *, plotly_js: str = "plotly.min.js", exclude_input: bool = True) -> Path:
+    """Offline nbconvert HTML: plotly mime bundles become <div>s that load `plotly_js`, widgets
+    a note, and nothing is loaded from the network."""
+    import nbformat
+    import plotly.io as pio
+    from jinja2 import DictLoader
+    from nbconvert import HTMLExporter
+    from nbconvert.preprocessors import Preprocessor
+
+    class OfflineOutputs(Preprocessor):
+        def preprocess(self, nb, resources):
+            self.widgets = nb.metadata.get("widgets", {}).get("application/vnd.jupyter.widget-state+json", {})
+            return super().preprocess(nb, resources)
+
+        def preprocess_cell(self, cell, resources, index):
+            kept = []
+            for output in cell.get("outputs", []):
+                data = output.get("data", {})
+                if "application/vnd.plotly.v1+json" in data and "text/html" not in data:
+                    fig = pio.from_json(json.dumps(data["application/vnd.plotly.v1+json"]))
+                    data["text/html"] = pio.to_html(fig, include_plotlyjs=False, full_html=False)
+                view = data.pop("application/vnd.jupyter.widget-view+json", None)
+                if view is not None:
+                    if _is_progress_bar(self.widgets.get("state", {}), view.get("model_id")):
+                        continue  # a tqdm bar (model loading, checkpoint writing) frozen at whatever it showed
+                    data["text/html"] = WIDGET_NOTE
+                kept.append(output)
+            if "outputs" in cell:
+                cell.outputs = kept
+            return cell, resources
+
+    book = nbformat.read(executed, as_version=4)
+    exporter = HTMLExporter(template_name="lab", template_file="offline.html.j2", exclude_input=exclude_input,
+                            extra_loaders=[DictLoader({"offline.html.j2": OFFLINE_TEMPLATE})])
+    exporter.register_preprocessor(OfflineOutputs(), enabled=True)
+    body, _ = exporter.from_notebook_node(book)
+    body = body.replace("<head>", f'<head>\n<script src="{html.escape(plotly_js)}"></script>', 1)
+    out.write_text(body)
+    return out
+
+
+def _is_progress_bar(widget_state: dict, model_id: str | None) -> bool:
+    """Whether a widget, looked up in the notebook's saved widget state, is a box holding a progress bar (tqdm)."""
+    children = widget_state.get(model_id, {}).get("state", {}).get("children", [])
+    return any(widget_state.get(str(c).removeprefix("IPY_MODEL_"), {}).get("model_name", "").endswith("ProgressModel")
+               for c in children)
+
+
+def build_index(out: str | Path = "reports") -> Path:
+    """Write `out/index.html`: every standalone report under `out` (a folder with its own index.html, such as
+    toy_world/, with its summary.json as a table), then one row per notebook run: parameters, status, seconds,
+    the computed "what this shows" text, and a link to its report, or for a failed run its error and its executed
+    notebook (kept with the error cell)."""
+    import mistune
+
+
+    markdown = mistune.create_markdown(escape=True)  # the notebooks' computed findings are markdown
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_plotly_js(out)
+    sections = [_linked_report(page) for page in sorted(out.glob("*/index.html"))]
+    rows = collect(out)
+    by_nb: dict[str, list[dict]] = {}
+    for r in rows:
+        by_nb.setdefault(r["notebook_name"], []).append(r)
+    if not sections and not rows:
+        sections.append(("Nothing yet", "<p>Run <code>eureka-kit report</code> or "
+                                        "<code>eureka-kit sweep NOTEBOOK --grid ...</code>.</p>"))
+    for name, runs in by_nb.items():
+        ok = sum(r.get("status") == "ok" for r in runs)
+        trs = []
+        for r in runs:
+            state = r.get("status", "?")
+            link = (f'<a href="{html.escape(r["dir"])}/{REPORT}">report</a>' if state == "ok"
+                    else f'<a href="{html.escape(r["dir"])}/{EXECUTED}">executed notebook</a>')
+            params = "<br>".join(f"<code>{html.escape(str(k))}={html.escape(str(v))}</code>"
+                                 for k, v in (r.get("params") or {}).items()) or "defaults"
+            note = (markdown(r.get("findings", "")) if state == "ok"
+                    else f"<p>{html.escape('; '.join(r.get('errors', []))[:400])}</p>")
+            cls = "" if state == "ok" else ' class="warn"'
+            trs.append(f"<tr><td style='text-align:left'>{params}</td><td{cls}>{html.escape(state)}</td>"
+                       f"<td>{r.get('duration_s', '')}</td><td style='text-align:left;max-width:560px'>"
+                       f"{note}</td><td>{link}</td></tr>")
+        table = ("<table><tr><th>parameters</th><th>status</th><th>seconds</th><th>what this shows / error</th>"
+                 "<th>link</th></tr>" + "".join(trs) + "</table>")
+        sections.append((f"{name} — {ok}/{len(runs)} ok", table))
+    page = out / "index.html"
+    page.write_text(html_page("eureka_kit reports", sections))
+    return page
+
+
+def _linked_report(page: Path) -> tuple[str, str]:
+    """(heading, body) for a standalone report: its title, a link to it, and its summary.json as a table."""
+    title = re.search(r"<title>(.*?)</title>", page.read_text(), re.S)
+    body = f'<p><a href="{html.escape(page.parent.name)}/index.html">open the report</a></p>'
+    summary = page.parent / "summary.json"
+    if summary.exists():
+        body += _table(pd.DataFrame(json.loads(summary.read_text())))
+    return (html.unescape(title.group(1)) if title else page.parent.name, body)
