@@ -196,16 +196,16 @@ def test_skip_zero_variance_stops_drawing_problems_whose_group_had_no_signal(tmp
     """Problems with an even-length answer score 1 on every response (zero variance); the others score 0, 1,
     0, 1 in their group of 4 (never zero variance). With a skip count larger than the run, a zero-variance
     problem is drawn once while the others keep coming round."""
-    import eureka_kit.engine.loop as train_module
     from eureka_kit.data import rewards
+    from eureka_kit.engine import rollout
 
     def score_batch(completions, golds, **_):
         acc = [1.0 if len(g) % 2 == 0 else float(i % 2) for i, g in enumerate(golds)]
         return [dict(accuracy=a, format=0.0, total=a, timeout=0.0) for a in acc]
 
     monkeypatch.setattr(rewards, "score_batch", score_batch)
-    drawn, real_generate = [], train_module.rollout.generate
-    monkeypatch.setattr(train_module.rollout, "generate",
+    drawn, real_generate = [], rollout.generate
+    monkeypatch.setattr(rollout, "generate",
                         lambda policy, processor, batch, *a, **k: drawn.extend(p["id"] for p in batch)
                         or real_generate(policy, processor, batch, *a, **k))
     pool = problems[:8]

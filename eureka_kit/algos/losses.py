@@ -293,6 +293,28 @@ def resolve(preset: str = "cpgd", cfg: RunConfig | None = None, **overrides: Any
     return RunConfig.from_preset(preset, **overrides)
 
 
+def masked_inputs(logp: Tensor, old_logp: Tensor, adv: Tensor, mask: Tensor
+                  ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """The loss's inputs with every masked position zeroed *before* any exp/log, so padding can never leak NaN
+    into the gradient: (fmask, logp, old_logp detached, log-ratio, advantages broadcast to [B, T] detached),
+    all [B, T] in `logp`'s dtype. `adv` is [B] or [B, T]."""
+    valid = mask.bool()
+    zeros = torch.zeros_like(logp)
+    logp_v = torch.where(valid, logp, zeros)
+    old_v = torch.where(valid, old_logp.detach(), zeros)
+    adv_t = (adv.unsqueeze(1) if adv.dim() == 1 else adv).to(logp.dtype).expand_as(logp).detach()
+    return valid.to(logp.dtype), logp_v, old_v, logp_v - old_v, torch.where(valid, adv_t, zeros)
+
+
+def surrogate(log_ratio: Tensor, adv: Tensor, fmask: Tensor, cfg: RunConfig) -> tuple[Tensor, dict[str, Tensor]]:
+    """Per-token surrogate of `cfg.surrogate` ([B, T]) and its clip info: each surrogate takes the config fields
+    its signature names (eps_low, eps_high, dual_clip, ...), and the mask when it asks for one."""
+    fn = SURROGATES[cfg.surrogate]
+    kwargs = {name: (fmask if name == "mask" else getattr(cfg, name))
+              for name in inspect.signature(fn).parameters if name not in ("log_ratio", "adv")}
+    return fn(log_ratio, adv, **kwargs)
+
+
 def policy_loss(
     logp: Tensor,
     old_logp: Tensor,
@@ -325,19 +347,9 @@ def policy_loss(
         raise ValueError(f"logp, old_logp, mask: expected equal [B, T] shapes, got "
                          f"{tuple(logp.shape)}, {tuple(old_logp.shape)}, {tuple(mask.shape)}")
     valid = mask.bool()
-    fmask = valid.to(logp.dtype)
-    # Zero every masked position *before* any exp/log so padding can never leak NaN into the gradient.
+    fmask, logp_v, old_v, log_ratio, adv_t = masked_inputs(logp, old_logp, adv, mask)
     zeros = torch.zeros_like(logp)
-    logp_v = torch.where(valid, logp, zeros)
-    old_v = torch.where(valid, old_logp.detach(), zeros)
-    log_ratio = logp_v - old_v  # (B, T)
-    adv_t = (adv.unsqueeze(1) if adv.dim() == 1 else adv).to(logp.dtype).expand_as(logp).detach()
-    adv_t = torch.where(valid, adv_t, zeros)
-
-    surrogate_fn = SURROGATES[cfg.surrogate]
-    kwargs = {name: (fmask if name == "mask" else getattr(cfg, name))
-              for name in inspect.signature(surrogate_fn).parameters if name not in ("log_ratio", "adv")}
-    per_token_surrogate, clip_info = surrogate_fn(log_ratio, adv_t, **kwargs)
+    per_token_surrogate, clip_info = surrogate(log_ratio, adv_t, fmask, cfg)
 
     def agg(x: Tensor) -> Tensor:
         return aggregate(x, fmask, cfg.aggregation, group_size=cfg.group_size, max_len=cfg.max_len)

@@ -1,18 +1,17 @@
 """`train(cfg) -> Run`: the one RL loop. Notebooks, the CLI and the tests all call this function.
 
-One step: sample prompts -> rollout (K per prompt) -> rewards -> online filter / dynamic sampling with
-refill -> advantages x CPGD weights -> old (and reference) log-probs -> for each update epoch and
-minibatch of `train_batch_size` responses: new log-probs (chunked, fused with the output projection),
-`losses.policy_loss`, backward with exact gradient accumulation, grad clip, optimizer step ->
-diagnostics -> run directory.
+`train` reads as the algorithm's outline, one step at a time: rollout -> reward -> filter (`collect.collect_batch`)
+-> advantages x CPGD weights, then the run's signal if any (`signals`: e.g. the PRM) -> `update` (old and
+reference log-probs; per update epoch and minibatch of `train_batch_size` responses: new log-probs, chunked and
+fused with the output projection, `losses.policy_loss`, backward with exact gradient accumulation, grad clip,
+optimizer step) -> diagnostics (`step_metrics`) -> run directory -> checkpoint.
 
-Departures from MM-EUREKA worth knowing: the online filter keeps whole groups and stops refilling
-after MAX_ROLLOUTS_PER_STEP rollouts (training on what it has, logged as filter/short_batch) instead
-of looping forever when every group is solved; micro-batch losses are weighted so that gradient
-accumulation equals one aggregate over the optimizer batch (the code's D2 per-micro-batch mean is the
-special case micro_batch_size = 1 with seq-mean-token-mean). Under torchrun the loop runs data-parallel
-(`distributed.py`: sharded prompts, gradients summed over ranks, rank 0 writes), with the plain torch learner
-or DeepSpeed ZeRO-2/3 (`learner.py`); checkpoints and resume: `checkpoints.py`, shared with `sft.py`.
+Departures from MM-EUREKA worth knowing: micro-batch losses are weighted so that gradient accumulation equals one
+aggregate over the optimizer batch (the code's D2 per-micro-batch mean is the special case micro_batch_size = 1
+with seq-mean-token-mean); the online filter's refill is capped (`collect.py`). Under torchrun the loop runs
+data-parallel (`distributed.py`: sharded prompts, gradients summed over ranks, rank 0 writes), with the plain
+torch learner or DeepSpeed ZeRO-2/3 (`learner.py`); start, resume, bad steps and the final checkpoint:
+`session.py` and `checkpoints.py`, shared with `sft.py`.
 
 Stages (`cfg.stages`, MM-Eureka-32B's recipe): one run, one directory, one step count and lr schedule; at a
 stage's first step the loop switches to that stage's config (`cfg.stage_config`), its problems and its
@@ -24,31 +23,28 @@ from __future__ import annotations
 import copy
 import math
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
-from tqdm import tqdm
 
-from eureka_kit import models
 from eureka_kit.algos import advantages, diagnostics, filters, losses
 from eureka_kit.config import RunConfig
 from eureka_kit.data import rewards
 from eureka_kit.data.problems import ProblemStream, load_problems
-from eureka_kit.engine import rollout, signals
-from eureka_kit.engine.base_policy import load_policy
+from eureka_kit.engine import signals
 from eureka_kit.engine.batch import Rollouts
-from eureka_kit.engine.checkpoints import load_weights, open_run_dir, save_checkpoint, seed_everything
-from eureka_kit.engine.distributed import SINGLE_PROCESS, World, init_world
+from eureka_kit.engine.checkpoints import load_weights, open_run_dir, save_checkpoint
+from eureka_kit.engine.collect import collect_batch
+from eureka_kit.engine.distributed import World, init_world
 from eureka_kit.engine.learner import make_learner
 from eureka_kit.engine.logprobs import batched_logprobs, completion_logprobs, takes_old_logp_from_learner
 from eureka_kit.engine.rollout_vllm import sync_weights as sync_vllm_weights
 from eureka_kit.engine.runs import Run, RunDir
+from eureka_kit.engine.session import BadSteps, finish, progress_bar, start_policy
 from eureka_kit.models import tokenizer_of
-
-MAX_ROLLOUTS_PER_STEP = 8
-REFILL_MARGIN = 1.5  # a refill draws 1.5x the prompts the step's pass rate says are missing (fewer extra refills)
 
 
 class VerifierFailure(RuntimeError):
@@ -56,88 +52,173 @@ class VerifierFailure(RuntimeError):
     training on them. The message names the step, the share, the first error and the checkpoints kept."""
 
 
-# ---------------------------------------------------------------------------------------------
-# One step's batch: rollouts, rewards, filter with refill.
+def train(cfg: RunConfig, *, policy=None, processor=None, problems: list[dict] | None = None,
+          progress: bool = True, signal: signals.Signal | None = None) -> Run:
+    """Run RL for `cfg.num_steps` steps and return the `Run` (its directory holds everything).
+
+    `signal` shapes advantages after the outcome ones (default: the one `cfg.process_mode` names, if any).
+    Stops with rewards.VerifierUnavailable before step 0 when the verifier cannot run, with VerifierFailure at a
+    step whose verifier errors exceed `max_verifier_error_frac`, with FloatingPointError after `max_bad_steps`.
+    """
+    world, device = init_world(cfg)  # one process unless launched by torchrun/deepspeed
+    # A verifier that cannot run would score every answer 0: fail now, naming the cause, not after a model load.
+    rewards.check_verifier(cfg.reward_timeout)
+    gen, policy, processor = start_policy(cfg, world, device, policy, processor)
+    if signal is None:  # e.g. the PRM, loaded once (None: outcome rewards only)
+        signal = signals.from_config(cfg, device)
+    ref_policy = _frozen_copy(policy) if cfg.stage_config(0).kl_coef > 0 else None  # only when a reference KL is on
+    stream = ProblemStream(_stage_problems(cfg.stage_config(0), cfg, problems), cfg.seed, cfg.skip_zero_variance)
+    opt_steps_per_rollout = cfg.update_epochs * math.ceil(cfg.rollout_batch_size * cfg.group_size / cfg.train_batch_size)
+    learner = make_learner(policy, cfg, world, cfg.num_steps * opt_steps_per_rollout, device)  # torch or ZeRO
+
+    t_start = time.perf_counter()
+    run_dir, start, history = open_run_dir(cfg, world, learner, stream, gen)  # fresh, or resumed
+    run = Run(cfg=cfg, path=cfg.run_path(), history=history, policy=policy, processor=processor)
+    elapsed_before = float(history[-1].get("perf/elapsed_s", 0.0)) if history else 0.0  # a resumed run's clock
+    bad_steps = BadSteps(cfg.max_bad_steps, lambda count, step: (
+        f"{count} consecutive steps had only NaN/Inf losses or gradients (last: step {step}); the run stopped. The "
+        f"last good checkpoint is kept in {run_dir.path / 'checkpoints'}; lower lr or inspect {run_dir.path / 'rollouts'}."))
+    bar = progress_bar(cfg, start, world, progress)
+    stage, cfg = 0, cfg.stage_config(0)  # from here on `cfg` is the current stage's config (run.cfg: the run's)
+    for step in bar:
+        if run.cfg.stage_at(step) != stage:  # a new stage begins, or a resumed run starts inside a later one
+            stage = run.cfg.stage_at(step)
+            cfg = run.cfg.stage_config(stage)
+            ref_policy = _enter_stage(run, stage, step, policy, stream, problems)
+        t0 = time.perf_counter()
+        # rollout -> reward -> filter
+        policy.eval()
+        with learner.full_weights():
+            ro, scored, metrics, verifier_error = collect_batch(policy, processor, stream, cfg, gen, world)
+        policy.train()
+        t_rollout = time.perf_counter() - t0
+        metrics["step"] = step
+        metrics["stage"], metrics["kl/coef"] = stage, cfg.kl_coef
+        answers = metrics["filter/prompts"] * cfg.group_size  # every answer the step scored, on all ranks
+        if metrics["reward/errors"] > cfg.max_verifier_error_frac * answers:  # its rewards are not to be trusted
+            _log(run, run_dir, metrics)
+            raise _verifier_failure(step, metrics["reward/errors"], answers, cfg, verifier_error, run_dir)
+        if ro is None:  # every group was filtered out MAX_ROLLOUTS_PER_STEP times: nothing to learn from
+            _log(run, run_dir, {**metrics, "optim/skipped": 1.0})
+            continue
+        # advantages (outcome, then the run's signal: e.g. PRM step advantages or a PRM-shaped reward)
+        mask = filters.truncation_mask(ro.truncated, ro.completion_mask.float()) if cfg.mask_truncated \
+            else ro.completion_mask.float()
+        adv = advantages.for_config(scored["total"], ro.lengths.float(), cfg)
+        if signal is not None:
+            adv, signal_metrics = signal.apply(ro, scored, adv, mask, tokenizer_of(processor))
+            metrics.update(signal_metrics)
+        # update
+        upd = update(policy, learner, ro, adv, mask, cfg, world, gen, ref_policy)
+        if cfg.rollout_backend == "vllm":  # the engine samples the next rollout: hand it the updated weights
+            with learner.full_weights():
+                sync_vllm_weights(policy)
+        # diagnostics
+        metrics.update(step_metrics(ro, scored, adv, mask, upd, learner, cfg, t0=t0, t_rollout=t_rollout,
+                                    elapsed=elapsed_before + time.perf_counter() - t_start))
+        metrics = world.reduce_metrics(metrics, num_responses=len(ro.texts))
+        _log(run, run_dir, metrics)
+        _write_step(run, run_dir, step, ro, scored, adv, mask, upd, processor, cfg.group_size)
+        bar.set_postfix(reward=f"{metrics['reward/mean']:.2f}", acc=f"{metrics['reward/accuracy']:.2f}",
+                        ratio_max=f"{metrics.get('policy/ratio_max', 1):.2f}",
+                        clip=f"{metrics.get('policy/clipfrac', 0):.3f}",
+                        verr=f"{metrics['reward/errors']:.0f}", vto=f"{metrics['reward/timeouts']:.0f}")
+        bad_steps.record(bool(upd.skipped and not upd.grad_norms), step)  # no update at all: NaN/Inf only
+        # checkpoint: on schedule, and at every stage boundary (a run resumed inside a later stage reloads its reference there)
+        if (cfg.save_every and (step + 1) % cfg.save_every == 0) or step + 1 in run.cfg.stage_starts()[1:]:
+            save_checkpoint(run_dir, step, policy, processor, learner, stream, gen)
+    finish(run_dir, cfg, start, policy, processor, learner, stream, gen, world)
+    return run
 
 
-def _score(ro: Rollouts, cfg: RunConfig) -> tuple[dict[str, Tensor], list[str]]:
-    """Reward parts of `ro`'s responses as [B] tensors (accuracy, format, total with the overlong penalty, and the
-    verifier's 0/1 error and timeout), and the messages of the verifier's errors."""
-    golds = [str(ro.problems[i]["answer"]) for i in ro.problem_index.tolist()]
-    parts = rewards.score_batch(ro.texts, golds, compat=cfg.mmeureka_compat, timeout=cfg.reward_timeout,
-                                use_format=cfg.format_reward)
-    scored = {k: torch.tensor([p[k] for p in parts], dtype=torch.float32) for k in ("accuracy", "format", "total")}
-    for k in ("error", "timeout"):  # a reward function standing in for score_batch need not report them
-        scored[k] = torch.tensor([p.get(k, 0.0) for p in parts], dtype=torch.float32)
-    scored["total"] = scored["total"] + filters.overlong_penalty(ro.lengths, cfg.max_len, cfg.overlong_buffer,
-                                                                 cfg.overlong_penalty)
-    return scored, [p["error_message"] for p in parts if "error_message" in p]
+@dataclass
+class Update:
+    """What one step's policy update saw and did: (B, T) old/new log-probs and entropy, the learner's log-probs
+    after each update epoch (with several epochs), per-micro-batch loss stats, grad norms, skipped optimizer steps."""
+
+    old_logp: Tensor
+    new_logp: Tensor
+    entropy: Tensor
+    epoch_logps: list[Tensor] = field(default_factory=list)
+    stats: list[dict[str, float]] = field(default_factory=list)
+    grad_norms: list[float] = field(default_factory=list)
+    skipped: int = 0
 
 
-def _zero_variance_problems(ro: Rollouts, accuracy: Tensor, stream: ProblemStream, group_size: int) -> list[int]:
-    """Pool indices of the problems whose group (K contiguous responses) scored one accuracy on every response."""
-    firsts = ro.problem_index[::group_size][advantages.zero_std_groups(accuracy, group_size)]
-    return [stream.index_of(ro.problems[i]) for i in firsts.tolist()]
+def update(policy, learner, ro: Rollouts, adv: Tensor, mask: Tensor, cfg: RunConfig, world: World,
+           gen: torch.Generator, ref_policy=None) -> Update:
+    """`cfg.update_epochs` passes over the step's B responses in minibatches of `train_batch_size` (split over
+    ranks) of whole groups, each a sum of micro-batch losses weighted so that accumulation is exact."""
+    B = len(ro.texts)
+    on_policy = takes_old_logp_from_learner(cfg, B, world.size)
+    if on_policy:  # filled micro-batch by micro-batch from the learner forward below
+        old_logp, entropy = torch.zeros(mask.shape), torch.zeros(mask.shape)
+    else:
+        old_logp, entropy = batched_logprobs(policy, ro, cfg, with_entropy=True)  # (B, T)
+    ref_logp = batched_logprobs(ref_policy, ro, cfg) if ref_policy is not None else None
+    out = Update(old_logp, old_logp.clone(), entropy)
+    nonfinite = 0
+    for _epoch in range(cfg.update_epochs):
+        # Shuffle whole groups, so every minibatch holds complete groups (group-token-mean needs them).
+        K = cfg.group_size if B % cfg.group_size == 0 else 1
+        groups = torch.randperm(B // K, generator=gen)
+        order = (groups[:, None] * K + torch.arange(K)[None, :]).reshape(-1)
+        for minibatch in order.split(cfg.train_batch_size // world.size):
+            # Normalise by the units of the whole minibatch, summed over ranks: accumulation stays exact.
+            units = world.sum(losses.aggregation_units(mask[minibatch], cfg.aggregation, group_size=cfg.group_size))
+            micros = minibatch.split(cfg.micro_batch_size)
+            for i, micro in enumerate(micros):
+                if on_policy:
+                    logp, ent = completion_logprobs(policy, ro, micro, cfg, with_entropy=True)
+                    old_logp[micro], entropy[micro] = logp.detach().float().cpu(), ent.detach().float().cpu()
+                else:
+                    logp = completion_logprobs(policy, ro, micro, cfg)
+                loss, stats = losses.policy_loss(
+                    logp, old_logp[micro].to(logp.device), adv[micro].to(logp.device), mask[micro].to(logp.device),
+                    cfg=cfg, ref_logp=None if ref_logp is None else ref_logp[micro].to(logp.device))
+                weight = losses.aggregation_units(mask[micro], cfg.aggregation, group_size=cfg.group_size) / max(units, 1e-9)
+                if not learner.backward(loss * weight, last=i == len(micros) - 1):
+                    nonfinite += 1  # a NaN/Inf loss poisons the whole minibatch: the step is skipped
+                out.new_logp[micro] = logp.detach().float().cpu()
+                out.stats.append(stats)
+            grad_norm = learner.step(nonfinite)  # over every rank's share of the minibatch; None = skipped
+            nonfinite = 0
+            if grad_norm is None:  # never step on NaN/Inf; count it instead
+                out.skipped += 1
+                continue
+            out.grad_norms.append(grad_norm)
+        if cfg.update_epochs > 1:
+            out.epoch_logps.append(out.new_logp.clone())
+    return out
 
 
-def collect_batch(policy, processor, stream: ProblemStream, cfg: RunConfig, gen: torch.Generator,
-                  world: World = SINGLE_PROCESS):
-    """Roll out until `rollout_batch_size` prompts pass the active filter (whole groups, first come).
-
-    The first rollout draws `rollout_batch_size` prompts; a refill draws what the pass rate so far says is
-    missing (`filters.refill_prompts`). Under several processes each rank fills its share from its slice of the
-    shared stream (draw sizes come from counts summed over ranks, so every rank takes the same prompts); a full
-    rank keeps rolling out (and discarding) while another refills, so the streams and collectives stay in step.
-
-    Returns (rollouts, their scores, stats, the first verifier error message or None); rollouts and scores are
-    None when nothing was kept. The stats' `reward/errors` and `reward/timeouts` count every answer this step
-    scored, on all ranks, filtered out or kept: a filter would drop the all-0 groups a failing verifier makes."""
-    target = cfg.rollout_batch_size * cfg.group_size // world.size
-    parts, scores, kept, passed, num_rollouts, num_seen, num_prompts = [], [], 0, 0, 0, 0, 0
-    errors, timeouts, first_error = 0, 0, None
-    skipped_before = stream.skipped
-    while world.any(kept < target) and num_rollouts < MAX_ROLLOUTS_PER_STEP:
-        draw = cfg.rollout_batch_size
-        if num_rollouts:
-            draw = filters.refill_prompts(world.sum(float(target - kept)), world.sum(float(passed)),
-                                          world.sum(float(num_seen)), cfg.group_size, cfg.rollout_batch_size,
-                                          margin=REFILL_MARGIN)
-            draw = min(cfg.rollout_batch_size, -(-draw // world.size) * world.size)  # shard() splits it evenly
-        ro = rollout.generate(policy, processor, world.shard(stream.take(draw)), cfg, gen)
-        sc, error_messages = _score(ro, cfg)
-        num_rollouts, num_seen, num_prompts = num_rollouts + 1, num_seen + len(ro.texts), num_prompts + draw
-        errors, timeouts = errors + int(sc["error"].sum()), timeouts + int(sc["timeout"].sum())
-        first_error = first_error or next(iter(error_messages), None)
-        if cfg.skip_zero_variance:
-            stream.skip(world.all_gather(_zero_variance_problems(ro, sc["accuracy"], stream, cfg.group_size)))
-        if cfg.online_filter:
-            keep = filters.online_filter_mask(sc["accuracy"], cfg.group_size, cfg.filter_lower, cfg.filter_upper)
-        elif cfg.dynamic_sampling:
-            keep = filters.dynamic_sampling_mask(sc["accuracy"], cfg.group_size)
-        else:
-            keep = torch.ones(len(ro.texts), dtype=torch.bool)
-        passed += int(keep.sum())
-        index = filters.take_until_full(kept, keep, target)
-        if len(index):
-            parts.append(ro.select(index))
-            scores.append({k: v[index] for k, v in sc.items()})
-            kept += len(index)
-    errors, timeouts = world.sum(float(errors)), world.sum(float(timeouts))
-    if errors:  # the same on every rank, so all of them join the gather
-        first_error = next((m for m in world.all_gather([first_error]) if m is not None), None)
-    stats = {"filter/rollouts": num_rollouts, "filter/prompts": num_prompts, "filter/kept_frac": kept / max(num_seen, 1),
-             "filter/short_batch": float(kept < target), "filter/skipped_draws": stream.skipped - skipped_before,
-             "reward/errors": errors, "reward/timeouts": timeouts}
-    common = world.min(kept)  # ranks step in lockstep, so each trains on the shortest rank's number of responses
-    if not common:
-        return None, None, stats, first_error
-    ro, scored = Rollouts.concat(parts), {k: torch.cat([s[k] for s in scores]) for k in scores[0]}
-    if common < kept:
-        ro, scored = ro.select(torch.arange(common)), {k: v[:common] for k, v in scored.items()}
-    return ro, scored, stats, first_error
-
-
-# ---------------------------------------------------------------------------------------------
+def step_metrics(ro: Rollouts, scored: dict[str, Tensor], adv: Tensor, mask: Tensor, upd: Update, learner,
+                 cfg: RunConfig, *, t0: float, t_rollout: float, elapsed: float) -> dict[str, float]:
+    """This rank's metrics of one step after the update: loss stats, advantages, rewards, rollouts, optimizer, time."""
+    B = len(ro.texts)
+    zero_std = advantages.zero_std_groups(scored["total"], cfg.group_size).float().mean().item() if B % cfg.group_size == 0 else float("nan")
+    valid_tokens = mask.sum().clamp(min=1)
+    dt = time.perf_counter() - t0
+    return {
+        **_merge_stats(upd.stats),
+        **diagnostics.advantage_stats(adv, mask),
+        "reward/mean": scored["total"].mean().item(),
+        "reward/std": scored["total"].std().item() if B > 1 else 0.0,
+        "reward/accuracy": scored["accuracy"].mean().item(),
+        "reward/format_frac": (scored["format"] > 0).float().mean().item(),
+        "reward/frac_zero_std": zero_std,
+        "rollout/len_mean": ro.lengths.float().mean().item(),
+        "rollout/truncated_frac": ro.truncated.float().mean().item(),
+        "rollout/logp_mismatch": ((ro.rollout_logp - upd.old_logp).abs() * mask).sum().item() / valid_tokens.item()
+        if ro.extras.get("has_rollout_logp", True) else float("nan"),
+        "policy/entropy": (upd.entropy * mask).sum().item() / valid_tokens.item(),
+        "optim/grad_norm": float(np.mean(upd.grad_norms)) if upd.grad_norms else float("nan"),
+        "optim/lr": learner.lr,
+        "optim/skipped_steps": float(upd.skipped),
+        "perf/step_s": dt, "perf/rollout_s": t_rollout,
+        "perf/tokens_per_s": (ro.prompt_mask.sum() + ro.completion_mask.sum()).item() / dt,
+        "perf/elapsed_s": elapsed,
+    }
 
 
 def _merge_stats(all_stats: list[dict[str, float]]) -> dict[str, float]:
@@ -160,171 +241,24 @@ def _merge_stats(all_stats: list[dict[str, float]]) -> dict[str, float]:
     return merged
 
 
-def train(cfg: RunConfig, *, policy=None, processor=None, problems: list[dict] | None = None,
-          progress: bool = True, signal: signals.Signal | None = None) -> Run:
-    """Run RL for `cfg.num_steps` steps and return the `Run` (its directory holds everything).
+def _frozen_copy(policy):
+    return copy.deepcopy(policy).eval().requires_grad_(False)
 
-    Stops with rewards.VerifierUnavailable before step 0 when the verifier cannot run, with VerifierFailure at a
-    step whose verifier errors exceed `max_verifier_error_frac`, with FloatingPointError after `max_bad_steps`.
-    """
-    world, device = init_world(cfg)  # one process unless launched by torchrun/deepspeed
-    # A verifier that cannot run would score every answer 0: fail now, naming the cause, not after a model load.
-    rewards.check_verifier(cfg.reward_timeout)
-    gen = seed_everything(cfg.seed + world.rank)  # each rank samples its own responses; the stream uses cfg.seed
-    if policy is None:
-        policy, processor = load_policy(cfg.model, trust_remote_code=cfg.trust_remote_code, seed=cfg.seed)
-    policy.to(device).train()
-    world.broadcast_parameters(policy)
-    if cfg.freeze_vision:
-        models.freeze_vision(policy)
-    if cfg.gradient_checkpointing:
-        policy.gradient_checkpointing_enable()
-    if signal is None:  # e.g. the PRM, loaded once (None: outcome rewards only)
-        signal = signals.from_config(cfg, device)
-    ref_policy = None
-    if cfg.stage_config(0).kl_coef > 0:  # a reference model only when a reference KL is on
-        ref_policy = copy.deepcopy(policy).eval().requires_grad_(False)
-    stream = ProblemStream(_stage_problems(cfg.stage_config(0), cfg, problems), cfg.seed, cfg.skip_zero_variance)
 
-    batch = cfg.rollout_batch_size * cfg.group_size
-    opt_steps_per_rollout = cfg.update_epochs * math.ceil(batch / cfg.train_batch_size)
-    learner = make_learner(policy, cfg, world, cfg.num_steps * opt_steps_per_rollout, device)  # torch or ZeRO
+def _log(run: Run, run_dir: RunDir, metrics: dict[str, Any]) -> None:
+    run_dir.log_metrics(metrics)
+    run.history.append(metrics)
 
-    t_start = time.perf_counter()
-    run_dir, start, history = open_run_dir(cfg, world, learner, stream, gen)  # fresh, or resumed
-    run = Run(cfg=cfg, path=cfg.run_path(), history=history, policy=policy, processor=processor)
-    elapsed_before = float(history[-1].get("perf/elapsed_s", 0.0)) if history else 0.0  # a resumed run's clock
 
-    bad_steps = 0
-    bar = tqdm(range(start, cfg.num_steps), desc=f"{cfg.preset}", disable=not (progress and world.is_main),
-               dynamic_ncols=False, ncols=120, initial=start, total=cfg.num_steps)
-    stage, cfg = 0, cfg.stage_config(0)  # from here on `cfg` is the current stage's config (run.cfg: the run's)
-    for step in bar:
-        if run.cfg.stage_at(step) != stage:  # a new stage begins, or a resumed run starts inside a later one
-            stage = run.cfg.stage_at(step)
-            cfg = run.cfg.stage_config(stage)
-            ref_policy = _enter_stage(run, stage, step, policy, stream, problems)
-        t0 = time.perf_counter()
-        policy.eval()
-        with learner.full_weights():
-            ro, scored, metrics, verifier_error = collect_batch(policy, processor, stream, cfg, gen, world)
-        policy.train()
-        t_rollout = time.perf_counter() - t0
-        metrics["step"] = step
-        metrics["stage"], metrics["kl/coef"] = stage, cfg.kl_coef
-        answers = metrics["filter/prompts"] * cfg.group_size  # every answer the step scored, on all ranks
-        if metrics["reward/errors"] > cfg.max_verifier_error_frac * answers:  # its rewards are not to be trusted
-            run_dir.log_metrics(metrics)
-            run.history.append(metrics)
-            raise _verifier_failure(step, metrics["reward/errors"], answers, cfg, verifier_error, run_dir)
-        if ro is None:  # every group was filtered out MAX_ROLLOUTS_PER_STEP times: nothing to learn from
-            metrics["optim/skipped"] = 1.0
-            run_dir.log_metrics(metrics)
-            run.history.append(metrics)
-            continue
-        B = len(ro.texts)
-        mask = ro.completion_mask.float()
-        if cfg.mask_truncated:
-            mask = filters.truncation_mask(ro.truncated, mask)
-        lengths = ro.lengths.float()
-        adv = advantages.for_config(scored["total"], lengths, cfg)
-        if signal is not None:  # outcome + process: (B, T) step advantages, or those of a PRM-shaped reward
-            adv, signal_metrics = signal.apply(ro, scored, adv, mask, tokenizer_of(processor))
-            metrics.update(signal_metrics)
-
-        on_policy = takes_old_logp_from_learner(cfg, B, world.size)
-        if on_policy:  # filled micro-batch by micro-batch from the learner forward below
-            old_logp, entropy = torch.zeros(mask.shape), torch.zeros(mask.shape)
-        else:
-            old_logp, entropy = batched_logprobs(policy, ro, cfg, with_entropy=True)  # (B, T)
-        ref_logp = batched_logprobs(ref_policy, ro, cfg) if ref_policy is not None else None
-        new_logp = old_logp.clone()
-        step_stats, grad_norms, skipped, nonfinite = [], [], 0, 0
-        epoch_logps = []  # the learner's log-probs as each update epoch saw them (ratio drift per epoch)
-        for _epoch in range(cfg.update_epochs):
-            # Shuffle whole groups, so every minibatch holds complete groups (group-token-mean needs them).
-            K = cfg.group_size if B % cfg.group_size == 0 else 1
-            groups = torch.randperm(B // K, generator=gen)
-            order = (groups[:, None] * K + torch.arange(K)[None, :]).reshape(-1)
-            for minibatch in order.split(cfg.train_batch_size // world.size):
-                # Normalise by the units of the whole minibatch, summed over ranks: accumulation stays exact.
-                units = world.sum(losses.aggregation_units(mask[minibatch], cfg.aggregation, group_size=cfg.group_size))
-                micros = minibatch.split(cfg.micro_batch_size)
-                for i, micro in enumerate(micros):
-                    if on_policy:
-                        logp, ent = completion_logprobs(policy, ro, micro, cfg, with_entropy=True)
-                        old_logp[micro], entropy[micro] = logp.detach().float().cpu(), ent.detach().float().cpu()
-                    else:
-                        logp = completion_logprobs(policy, ro, micro, cfg)
-                    loss, stats = losses.policy_loss(
-                        logp, old_logp[micro].to(logp.device), adv[micro].to(logp.device), mask[micro].to(logp.device),
-                        cfg=cfg, ref_logp=None if ref_logp is None else ref_logp[micro].to(logp.device))
-                    weight = losses.aggregation_units(mask[micro], cfg.aggregation, group_size=cfg.group_size) / max(units, 1e-9)
-                    if not learner.backward(loss * weight, last=i == len(micros) - 1):
-                        nonfinite += 1  # a NaN/Inf loss poisons the whole minibatch: the step is skipped
-                    new_logp[micro] = logp.detach().float().cpu()
-                    step_stats.append(stats)
-                grad_norm = learner.step(nonfinite)  # over every rank's share of the minibatch; None = skipped
-                nonfinite = 0
-                if grad_norm is None:  # never step on NaN/Inf; count it instead
-                    skipped += 1
-                    continue
-                grad_norms.append(grad_norm)
-            if cfg.update_epochs > 1:
-                epoch_logps.append(new_logp.clone())
-        if cfg.rollout_backend == "vllm":  # the engine samples the next rollout: hand it the updated weights
-            with learner.full_weights():
-                sync_vllm_weights(policy)
-
-        zero_std = advantages.zero_std_groups(scored["total"], cfg.group_size).float().mean().item() if B % cfg.group_size == 0 else float("nan")
-        valid_tokens = mask.sum().clamp(min=1)
-        dt = time.perf_counter() - t0
-        metrics.update(_merge_stats(step_stats))
-        metrics.update(diagnostics.advantage_stats(adv, mask))
-        metrics.update({
-            "reward/mean": scored["total"].mean().item(),
-            "reward/std": scored["total"].std().item() if B > 1 else 0.0,
-            "reward/accuracy": scored["accuracy"].mean().item(),
-            "reward/format_frac": (scored["format"] > 0).float().mean().item(),
-            "reward/frac_zero_std": zero_std,
-            "rollout/len_mean": lengths.mean().item(),
-            "rollout/truncated_frac": ro.truncated.float().mean().item(),
-            "rollout/logp_mismatch": ((ro.rollout_logp - old_logp).abs() * mask).sum().item() / valid_tokens.item()
-            if ro.extras.get("has_rollout_logp", True) else float("nan"),
-            "policy/entropy": (entropy * mask).sum().item() / valid_tokens.item(),
-            "optim/grad_norm": float(np.mean(grad_norms)) if grad_norms else float("nan"),
-            "optim/lr": learner.lr,
-            "optim/skipped_steps": float(skipped),
-            "perf/step_s": dt, "perf/rollout_s": t_rollout,
-            "perf/tokens_per_s": (ro.prompt_mask.sum() + ro.completion_mask.sum()).item() / dt,
-            "perf/elapsed_s": elapsed_before + time.perf_counter() - t_start,
-        })
-        metrics = world.reduce_metrics(metrics, num_responses=B)
-        run_dir.log_metrics(metrics)
-        run.history.append(metrics)
-        run_dir.write_rollouts(step, _rollout_rows(step, ro, scored, adv, old_logp, new_logp, entropy, mask,
-                                                  processor, cfg.group_size, epoch_logps))
-        run_dir.log_warnings(diagnostics.step_warnings(run.history, run_dir.rollouts))  # collapse sentinels
-        run_dir.add_problem_attempts(step, [ro.problems[i]["id"] for i in ro.problem_index.tolist()],
-                                     [ro.problems[i].get("subject", "math") for i in ro.problem_index.tolist()],
-                                     scored["accuracy"].tolist())
-        bar.set_postfix(reward=f"{metrics['reward/mean']:.2f}", acc=f"{metrics['reward/accuracy']:.2f}",
-                        ratio_max=f"{metrics.get('policy/ratio_max', 1):.2f}",
-                        clip=f"{metrics.get('policy/clipfrac', 0):.3f}",
-                        verr=f"{metrics['reward/errors']:.0f}", vto=f"{metrics['reward/timeouts']:.0f}")
-        bad_steps = bad_steps + 1 if skipped and not grad_norms else 0
-        if bad_steps >= cfg.max_bad_steps:
-            raise FloatingPointError(
-                f"{bad_steps} consecutive steps had only NaN/Inf losses or gradients (last: step {step}); the run "
-                f"stopped. The last good checkpoint is kept in {run_dir.path / 'checkpoints'}; lower lr or inspect "
-                f"{run_dir.path / 'rollouts'}.")
-        # Every stage boundary is checkpointed: a run resumed inside a later stage reloads its reference there.
-        if (cfg.save_every and (step + 1) % cfg.save_every == 0) or step + 1 in run.cfg.stage_starts()[1:]:
-            save_checkpoint(run_dir, step, policy, processor, learner, stream, gen)
-    if start < cfg.num_steps:
-        save_checkpoint(run_dir, cfg.num_steps - 1, policy, processor, learner, stream, gen)
-    world.barrier()  # no rank exits (tearing down its gloo/nccl threads) while rank 0 still writes
-    return run
+def _write_step(run: Run, run_dir: RunDir, step: int, ro: Rollouts, scored, adv, mask, upd: Update, processor,
+                group_size: int) -> None:
+    """The step's rollouts, its collapse-sentinel warnings and its per-problem attempts, into the run directory."""
+    run_dir.write_rollouts(step, _rollout_rows(step, ro, scored, adv, upd.old_logp, upd.new_logp, upd.entropy, mask,
+                                              processor, group_size, upd.epoch_logps))
+    run_dir.log_warnings(diagnostics.step_warnings(run.history, run_dir.rollouts))  # collapse sentinels
+    problems = [ro.problems[i] for i in ro.problem_index.tolist()]
+    run_dir.add_problem_attempts(step, [p["id"] for p in problems], [p.get("subject", "math") for p in problems],
+                                 scored["accuracy"].tolist())
 
 
 def _verifier_failure(step: int, errors: float, answers: int, cfg: RunConfig, first_error: str | None,
@@ -364,7 +298,7 @@ def _enter_stage(run: Run, stage: int, step: int, policy, stream: ProblemStream,
         stream.reload(data)
     if cfg.kl_coef == 0:
         return None
-    ref_policy = copy.deepcopy(policy).eval().requires_grad_(False)
+    ref_policy = _frozen_copy(policy)
     if step > first:
         load_weights(ref_policy, run.path / "checkpoints" / f"step_{first - 1:06d}")
     return ref_policy

@@ -22,19 +22,17 @@ import time
 
 import torch
 from torch import Tensor
-from tqdm import tqdm
 
-from eureka_kit import models
 from eureka_kit.algos import ops
 from eureka_kit.config import RunConfig
 from eureka_kit.data.problems import ProblemStream, load_problems
-from eureka_kit.engine.base_policy import load_policy
 from eureka_kit.engine.batch import Rollouts, encode_prompts
-from eureka_kit.engine.checkpoints import open_run_dir, save_checkpoint, seed_everything
+from eureka_kit.engine.checkpoints import open_run_dir, save_checkpoint
 from eureka_kit.engine.distributed import init_world
 from eureka_kit.engine.learner import make_learner
 from eureka_kit.engine.logprobs import completion_hidden
 from eureka_kit.engine.runs import Run
+from eureka_kit.engine.session import BadSteps, finish, progress_bar, start_policy
 from eureka_kit.models import tokenizer_of
 
 
@@ -111,24 +109,17 @@ def sft(cfg: RunConfig, *, policy=None, processor=None, problems: list[dict] | N
     token count summed over the ranks, so the summed gradient is the one-process gradient (`distributed.py`);
     `zero_stage` 2/3 puts the optimizer in DeepSpeed ZeRO (`learner.py`)."""
     world, device = init_world(cfg, rollouts=False)  # one process unless launched by torchrun/deepspeed
-    gen = seed_everything(cfg.seed + world.rank)  # as in train: per-rank RNG, while the stream uses cfg.seed
-    if policy is None:
-        policy, processor = load_policy(cfg.model, trust_remote_code=cfg.trust_remote_code, seed=cfg.seed)
-    policy.to(device).train()
-    world.broadcast_parameters(policy)
-    if cfg.freeze_vision:
-        models.freeze_vision(policy)
-    if cfg.gradient_checkpointing:
-        policy.gradient_checkpointing_enable()
+    gen, policy, processor = start_policy(cfg, world, device, policy, processor)  # as in train
     stream = ProblemStream(problems if problems is not None else load_problems(cfg, subject=cfg.train_subject),
                            cfg.seed)
     learner = make_learner(policy, cfg, world, cfg.num_steps, device)  # AdamW + the lr schedule: torch or ZeRO
     run_dir, start, history = open_run_dir(cfg, world, learner, stream, gen)  # fresh, or resumed
     run = Run(cfg=cfg, path=cfg.run_path(), history=history, policy=policy, processor=processor)
 
-    bad_steps = 0
-    bar = tqdm(range(start, cfg.num_steps), desc=f"{cfg.preset}", disable=not (progress and world.is_main),
-               dynamic_ncols=False, ncols=120, initial=start, total=cfg.num_steps)
+    bad_steps = BadSteps(cfg.max_bad_steps, lambda count, step: (
+        f"{count} consecutive SFT steps had a NaN/Inf gradient (last: step {step}); the run stopped. Lower lr; "
+        f"checkpoints are in {run_dir.path / 'checkpoints'}."))
+    bar = progress_bar(cfg, start, world, progress)
     for step in bar:
         t0 = time.perf_counter()
         batch = reference_batch(processor, world.shard(stream.take(cfg.train_batch_size)), cfg)  # this rank's share
@@ -156,14 +147,9 @@ def sft(cfg: RunConfig, *, policy=None, processor=None, problems: list[dict] | N
         run_dir.log_metrics(metrics)
         run.history.append(metrics)
         bar.set_postfix(loss=f"{metrics['loss/sft']:.3f}", token_acc=f"{metrics['sft/token_accuracy']:.2f}")
-        bad_steps = bad_steps + 1 if skipped else 0
-        if bad_steps >= cfg.max_bad_steps:
-            raise FloatingPointError(f"{bad_steps} consecutive SFT steps had a NaN/Inf gradient (last: step {step}); "
-                                     f"the run stopped. Lower lr; checkpoints are in {run_dir.path / 'checkpoints'}.")
+        bad_steps.record(skipped, step)
         if cfg.save_every and (step + 1) % cfg.save_every == 0:
             save_checkpoint(run_dir, step, policy, processor, learner, stream, gen)
-    if start < cfg.num_steps:
-        save_checkpoint(run_dir, cfg.num_steps - 1, policy, processor, learner, stream, gen)
-    world.barrier()  # no rank exits (tearing down its gloo/nccl threads) while rank 0 still writes
+    finish(run_dir, cfg, start, policy, processor, learner, stream, gen, world)
     policy.eval()
     return run

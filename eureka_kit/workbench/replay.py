@@ -13,7 +13,6 @@ each micro-batch was last evaluated (before that minibatch's own optimizer step)
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -105,19 +104,12 @@ def replay_tensors(old_logp: Tensor, new_logp: Tensor, adv: Tensor, mask: Tensor
     loss, stats = losses.policy_loss(logp, old, adv.double(), fmask, cfg=cfg)
     loss.backward()
 
-    # Per-token pieces, with the same masking policy_loss applies before the surrogate.
+    # Per-token pieces through policy_loss's own masking and surrogate routing.
+    fmask, logp_v, old_v, log_ratio, adv_t = losses.masked_inputs(logp.detach(), old, adv.double(), fmask)
     valid = fmask.bool()
-    zeros = torch.zeros_like(old)
-    log_ratio = torch.where(valid, logp.detach() - old, zeros)
-    adv_t = (adv.unsqueeze(1) if adv.dim() == 1 else adv).double().expand_as(old)
-    adv_t = torch.where(valid, adv_t, zeros)
-    fn = losses.SURROGATES[cfg.surrogate]
-    kwargs = {name: (fmask if name == "mask" else getattr(cfg, name))
-              for name in inspect.signature(fn).parameters if name not in ("log_ratio", "adv")}
-    per_token, info = fn(log_ratio, adv_t, **kwargs)
+    per_token, info = losses.surrogate(log_ratio, adv_t, fmask, cfg)
     if cfg.drift_coef > 0:
-        per_token = per_token + cfg.drift_coef * losses.drift_loss(torch.where(valid, logp.detach(), zeros),
-                                                                   torch.where(valid, old, zeros), cfg.drift_clip)
+        per_token = per_token + cfg.drift_coef * losses.drift_loss(logp_v, old_v, cfg.drift_clip)
     none = torch.zeros_like(valid)
     stats = {**stats, "replay/kl_dropped": float(kl_dropped)}
     return Replay(
