@@ -85,7 +85,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 # Supervised fine-tuning recipes for `sft.sft` / `eureka-kit sft` (no algorithm slot is used). The
-# optimiser settings are the toy base policy's warm start (toy.SFTConfig): AdamW (0.9, 0.98), wd 0.01,
+# optimiser settings are the toy base policy's warm start (engine.base_policy.SFTConfig): AdamW (0.9, 0.98), wd 0.01,
 # warm-up then cosine to 10%.
 SFT_PRESETS: dict[str, dict[str, Any]] = {
     "sft": dict(paper="https://arxiv.org/abs/2501.17161", sft_target="cot", lr=5e-4, lr_schedule="cosine_with_min_lr",

@@ -19,7 +19,7 @@ pytest.importorskip("papermill")
 
 from nbfactory import write_notebook  # noqa: E402
 
-from eureka_kit.workbench import sweep  # noqa: E402
+from eureka_kit.workbench import report, sweep  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 KEYS = [f"x={x}" for x in (1, 2, 3, 4)]
@@ -106,7 +106,7 @@ def test_sigkilled_sweep_reruns_only_the_interrupted_point_and_duplicates_nothin
         assert status["status"] == "ok" and status["errors"] == [] and f"x={status['params']['x']}" == key
         assert not sweep.notebook_errors(out / "sleepy" / key / sweep.EXECUTED)
     # The index lists every point exactly once.
-    assert [r["key"] for r in sweep.collect(out)] == KEYS
+    assert [r["key"] for r in report.collect(out)] == KEYS
     index = (out / "index.html").read_text()
     assert "sleepy — 4/4 ok" in index
     for key in KEYS:

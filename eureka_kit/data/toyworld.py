@@ -148,6 +148,6 @@ def generate(split: str = "train", subject: str = "math", n_per_level: int = 40,
 
 
 def load(split: str = "train", subject: str = "math", *, seed: int = 0, **kwargs) -> list[dict]:
-    """Task interface shared with `tasks.mmk12.load`: rows for (split, subject)."""
+    """Task interface shared with `mmk12.load`: rows for (split, subject)."""
     default_n = 400 if split == "train" else 32
     return generate(split, subject, kwargs.pop("n_per_level", default_n), seed=seed, **kwargs)

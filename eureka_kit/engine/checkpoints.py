@@ -1,4 +1,5 @@
-"""Checkpoints and resume, shared by `train.train` and `sft.sft`: one path for both loops.
+"""Checkpoints and resume, shared by `loop.train` and `sft.sft`: one path for both loops
+(`session.py` holds the rest of what they share around their steps).
 
 A checkpoint (`RunDir.save_checkpoint`) holds the whole model (rank 0 writes it; under ZeRO-3 from gathered
 weights), the learner's optimizer and schedule state, and the loop's own state: its sampling generator, torch's

@@ -171,7 +171,7 @@ def init_world(cfg, *, rollouts: bool = True) -> tuple[World, torch.device]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Combining one step's metrics over ranks, consistently with `train._merge_stats`: max of maxima, min of
+# Combining one step's metrics over ranks, consistently with `loop._merge_stats`: max of maxima, min of
 # minima, sums of counts, means weighted by tokens (the loss statistics) or by responses.
 
 SUMMED = ("policy/num_tokens", "perf/tokens_per_s")

@@ -372,7 +372,7 @@ def generate(policy, processor, problems: list[dict], cfg, generator: torch.Gene
 
 
 # ---------------------------------------------------------------------------------------------
-# The learner's forward with shared prompts (train.completion_logprobs).
+# The learner's forward with shared prompts (logprobs.completion_logprobs).
 
 
 def can_share_prompts(policy, prompt_ids: Tensor, completion_ids: Tensor, K: int, multimodal: bool) -> bool:

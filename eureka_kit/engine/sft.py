@@ -1,10 +1,10 @@
 """`sft(cfg) -> Run`: supervised fine-tuning on reference completions, on the RL loop's plumbing.
 
-The SFT arm of the RL-vs-SFT comparison (notebook 13) shares everything with `train.train` but the update:
+The SFT arm of the RL-vs-SFT comparison (notebook 13) shares everything with `loop.train` but the update:
 the same `RunConfig` (`sft_target`, `train_batch_size` examples per optimizer step, `micro_batch_size` per
-forward, lr schedule, AdamW), the same seeding, problem stream, prompts (`rollout.encode_prompts`), learner
+forward, lr schedule, AdamW), the same seeding, problem stream, prompts (`batch.encode_prompts`), learner
 (`learner.make_learner`: plain torch, or DeepSpeed ZeRO-2/3 by `zero_stage`), run directory, checkpoints and
-`resume` (`checkpoints.py`), and the same progress bar. Under torchrun it runs data-parallel as `train` does
+`resume` (`checkpoints.py`), and the same start, bad-step guard and progress bar (`session.py`). Under torchrun it runs data-parallel as `train` does
 (`distributed.py`): each rank takes its contiguous share of a step's examples, rank 0 writes. The loss is the
 masked next-token cross-entropy of the completion tokens, averaged over the optimizer batch's tokens (HF's
 `labels` loss; under several processes, over the tokens of every rank's share), with log-probs from the
@@ -13,7 +13,7 @@ chunked, fused head of `ops` (never a [B, T, V] fp32 tensor) at temperature 1.
 Targets (`sft_target`): `cot` = the row's worked solution `<think>steps</think><answer>n</answer>` (toy
 world rows have one; MMK12 rows do not), `answer` = `<think>answer</think><answer>n</answer>`, the answer
 alone in the same tags so the format reward sees no difference. The toy base policy's warm start
-(`toy.build_base_policy`) keeps its own loop: its cached weights are keyed by that loop's recipe.
+(`base_policy.build_base_policy`) keeps its own loop: its cached weights are keyed by that loop's recipe.
 """
 
 from __future__ import annotations

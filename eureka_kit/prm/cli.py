@@ -1,4 +1,4 @@
-"""`eureka-kit prm label | train | score`: thin CLI over prm_data / prm (registered in cli.SUBCOMMANDS)."""
+"""`eureka-kit prm label | train | score`: thin CLI over prm.data / prm.model (registered in cli.SUBCOMMANDS)."""
 
 from __future__ import annotations
 

@@ -10,7 +10,7 @@ Tokens: `<prm>` is added to the tokenizer as one special token, its embedding ro
 old rows (MM-PRM `internvl_chat_finetune.py`); "Yes"/"No" are the *first* token of each word, which is the
 whole word in Qwen/InternLM vocabularies and the single chars 'Y'/'N' in the toy char tokenizer (so nothing
 else is added). The vision tower is frozen (`models.freeze_vision`). The training loop is a plain AdamW loop
-in the spirit of `toy.sft` (toy.sft_step needs the model's own next-token loss, which a PRM does not use).
+in the spirit of `base_policy.sft` (base_policy.sft_step needs the model's own next-token loss, which a PRM does not use).
 Scoring uses MM-PRM's inference layout (markers with no "\\n\\n" after them) unless `sep` is given.
 """
 

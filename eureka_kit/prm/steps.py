@@ -97,7 +97,7 @@ def to_step_solution(problem: dict, *, fine: bool = False) -> str:
 
 
 def step_sft_examples(tokenizer, problems: list[dict], template: str = "none", *, fine: bool = False) -> list[dict]:
-    """{"prompt", "completion"} pairs with step-form completions (toy.sft's input)."""
+    """{"prompt", "completion"} pairs with step-form completions (base_policy.sft's input)."""
     return [dict(prompt=prompt_text(tokenizer, p, template), completion=to_step_solution(p, fine=fine))
             for p in problems]
 
@@ -119,7 +119,7 @@ class StepPolicyConfig:
 
 def build_step_policy(seed: int = 0, cfg: StepPolicyConfig = StepPolicyConfig(), *, force: bool = False,
                       progress: bool = True, root: Path | None = None) -> Path:
-    """Folder of the step-form toy policy (cached by config + seed); deterministic like `toy.build_base_policy`."""
+    """Folder of the step-form toy policy (cached by config + seed); deterministic like `base_policy.build_base_policy`."""
     import hashlib
 
     from eureka_kit.engine.base_policy import SFTConfig, cache_dir, load_policy, sft
