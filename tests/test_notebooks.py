@@ -103,7 +103,7 @@ def test_rl_settings_rejects_batches_that_split_groups():
 def _tiny_notebook(path: Path) -> Path:
     return write_notebook(
         path, "x = 1\nfail = False",
-        "from eureka_kit import notebook_params as P\n"
+        "from eureka_kit.workbench import notebook_params as P\n"
         "P.validate(dict(x=x), x=P.positive_int)\n"
         "if fail:\n    raise RuntimeError('asked to fail')",
         "import plotly.graph_objects as go\ngo.Figure(go.Bar(x=[1, 2], y=[x, 2 * x]))",
