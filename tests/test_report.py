@@ -177,3 +177,12 @@ def test_cli_report_only_toy_builds_the_toy_report_and_the_index(tmp_path, monke
     assert calls == [(tmp_path / "toy_world", ("grpo", "cpgd"), dict(seed=0, eval_samples=8, num_steps=3,
                                                                       progress=True))]
     assert '<a href="toy_world/index.html">' in (tmp_path / "index.html").read_text()
+
+
+def test_every_suite_notebook_is_found_where_the_suite_looks_for_it():
+    from eureka_kit.workbench.suite import NOTEBOOKS_DIR, SUITE
+
+    repo_notebooks = Path(__file__).resolve().parents[1] / "notebooks"
+    assert NOTEBOOKS_DIR == repo_notebooks
+    assert all((NOTEBOOKS_DIR / f"{name}.ipynb").is_file() for name in SUITE), sorted(SUITE)
+

@@ -40,6 +40,7 @@ import sys
 import tempfile
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 END_TOKENS = ("<|im_end|>", "<|endoftext|>", "</s>", "<|eot_id|>")
@@ -234,7 +235,7 @@ class _Worker:
         return pickle.load(self.proc.stdout)
 
     def _start(self) -> None:
-        pkg_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        pkg_parent = str(Path(__file__).resolve().parents[2])  # the folder holding eureka_kit/
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([pkg_parent, os.environ.get("PYTHONPATH", "")])}
         command = shlex.join(self.command)
         self.stderr = tempfile.TemporaryFile()

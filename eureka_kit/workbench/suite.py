@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-NOTEBOOKS_DIR = Path(__file__).resolve().parents[1] / "notebooks"
+NOTEBOOKS_DIR = Path(__file__).resolve().parents[2] / "notebooks"
 RUN_KEY = "report"
 
 # Shorter than the notebooks' own defaults (40 steps, 16 problems per level, ...) with the same questions, arms,
