@@ -17,7 +17,7 @@ section is recorded and the next one still runs; results are written after every
                 naive           model(...).logits -> fp32 log_softmax -> gather
                 eureka_tf32     as `eureka`, with TF32 matmuls allowed (only if time is left)
               MFU = 6*N*tokens_per_s / peak, peak measured with an 8192^3 bf16 matmul; also
-              8*N*tokens_per_s / 790e12 (ANCHORS.md's convention with checkpointing: fwd 2N + recomputed
+              8*N*tokens_per_s / 790e12 (convention with checkpointing: fwd 2N + recomputed
               fwd 2N + bwd 4N). N counts every parameter once (tied embedding = LM head); attention-score
               FLOPs are not counted.
   rl_ours     eureka_kit `train()` (preset cpgd, bf16, gradient checkpointing), 64 prompts x 4 samples x
@@ -54,7 +54,7 @@ if ROOT not in sys.path:
 
 SECTIONS = ("generation", "learner", "rl_ours", "rl_trl")
 # Wall-clock caps in seconds per section (child start-up and imports included). Time a section does not
-# use is passed on to the next ones; the sum is the default --budget. Expected on an H200 (ANCHORS.md):
+# use is passed on to the next ones; the sum is the default --budget. Expected on an H200:
 # generation ~110 s (static first call ~45 s, default ~26 s, generate_hf ~27 s, static second ~3 s),
 # learner ~25 s, rl_ours ~70 s (~30 s per step), rl_trl ~95 s (imports ~15 s, ~40 s per step).
 CAPS = {"generation": 130, "learner": 40, "rl_ours": 85, "rl_trl": 95}
@@ -69,7 +69,7 @@ SIZES = {
                   gen_batch=8, gen_tokens=16, learn_batch=4, learn_len=64, learn_warmup=1, learn_steps=2,
                   rl_prompts=4, rl_gens=2, rl_tokens=16, rl_micro=4, rl_steps=2, matmul=512, chunk=32),
 }
-NOMINAL_PEAK_FLOPS = 790e12  # H200/H100 dense bf16 as measured in KINDS.md / used in ANCHORS.md
+NOMINAL_PEAK_FLOPS = 790e12  # H200/H100 dense bf16 peak (nominal)
 
 
 def log(section: str, msg: str) -> None:
@@ -353,7 +353,7 @@ def section_learner(rec: Recorder, sz: dict, args) -> None:
                            chunk_size=sz["chunk"], bf16_autocast=cuda, gradient_checkpointing=True,
                            optimizer="AdamW fused", master_weights="fp32",
                            mfu_formulas={"mfu_6N": "6*N*tokens_per_s / measured bf16 matmul peak",
-                                         "mfu_8N_nominal": "8*N*tokens_per_s / 790e12 (ANCHORS.md convention)"}))
+                                         "mfu_8N_nominal": "8*N*tokens_per_s / 790e12"}))
 
     def logp_eureka():
         return completion_logprobs(model, ro, rows, cfg)

@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/rl_step_vs_trl.py [--rounds 3] [--steps 8] [--json out.json]
 
-Setup (both sides, docs/FEASIBILITY.md §3 baseline adapted):
+Setup (both sides):
   * model: `eureka_kit.models.build_toy_model(seed=0)` -- the tiny Qwen2 (H128, L3, char vocab), *random init*
     (no SFT cache needed; a random-init model rarely picks EOS, and EOS is blocked anyway, see below);
   * prompts: toy-world `math` train problems rendered with `prompt_text(tok, p, "none")` (the chat template eureka

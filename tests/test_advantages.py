@@ -1,4 +1,4 @@
-"""Advantage estimators and CPGD weights (ALGORITHMS.md §1.5, §2.3), worked out by hand, plus
+"""Advantage estimators and CPGD weights (docs/algorithms.md), worked out by hand, plus
 hypothesis properties (shift/scale invariance and permutation equivariance of grpo, RLOO sums).
 
 Two groups of K = 4 used throughout:

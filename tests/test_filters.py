@@ -1,4 +1,4 @@
-"""Online accuracy filter, DAPO dynamic sampling and overlong shaping, take_until_full (ALGORITHMS.md
+"""Online accuracy filter, DAPO dynamic sampling and overlong shaping, take_until_full (docs/algorithms.md
 §3.1, §2.5), checked on hand-made batches, boundaries included."""
 
 from __future__ import annotations

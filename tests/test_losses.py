@@ -1,5 +1,5 @@
 """Hand-derived values and gradients of every surrogate, the CPGD drift term, the reference-KL
-estimators and every aggregation mode (ALGORITHMS.md §1.3-1.4, §2.1-2.10).
+estimators and every aggregation mode (docs/algorithms.md).
 
 Expected numbers are written out by hand (closed forms with `math`), never produced by the
 implementation. Gradients are autograd's d(loss)/d(logp) compared with the derivation in the comments.
@@ -42,7 +42,7 @@ def surrogate_value_and_grad(fn, deltas, advs, **kwargs):
 
 
 # ---------------------------------------------------------------------------------------------
-# Surrogates, token by token (ALGORITHMS.md §1.3 table, §2.1, §2.2, §2.6, §2.8).
+# Surrogates, token by token (docs/algorithms.md).
 # eps_low = 0.2, eps_high = 0.28 (asymmetric, so swapping the sides changes the answer):
 #   log-ratio bounds lo = ln 0.8 = -0.2231, hi = ln 1.28 = 0.2469; ratio bounds 0.8 and 1.28.
 EL, EH = 0.2, 0.28

@@ -1,4 +1,4 @@
-"""Rewards: ALGORITHMS.md §4.1 cases, default vs mmeureka_compat, multiple choice, the time limit."""
+"""Rewards: docs/algorithms.md cases, default vs mmeureka_compat, multiple choice, the time limit."""
 
 import threading
 import time
