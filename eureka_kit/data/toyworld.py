@@ -58,9 +58,11 @@ if len(LEVELS) != TOY_WORLD_LEVELS:  # RunConfig validates train_levels against 
 TEMPLATES: dict[str, tuple[str, ...]] = {
     # several math wordings, so the model learns to find the expression (what lets some skill transfer)
     "math": ("What is {e}?", "Compute {e}.", "Find {e}."),
-    "physics": ("Mass {e} kg. Total kg?", "A rod is {e} cm. Length?"),
-    "chemistry": ("Atoms: {e}. How many?", "Moles of H2: {e}. Total?"),
-    "biology": ("Cells: {e}. How many cells?", "Leaves: {e}. Count?"),
+    # Out of domain, one near and one far wording per subject. With the far ones alone the base policy scored
+    # 2-5% (too low for any transfer to show); the near ones put it at ~20% overall (reports/LOG.md).
+    "physics": ("Mass {e}?", "Mass {e} kg. Total kg?"),
+    "chemistry": ("Atoms {e}?", "Atoms: {e}. How many?"),
+    "biology": ("Cells {e}?", "Cells: {e}. How many cells?"),
 }
 
 

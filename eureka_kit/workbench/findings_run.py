@@ -1,0 +1,248 @@
+"""Running a findings profile: every (arm, seed) cell, in worker processes, cached; then findings.json.
+
+    run_profile("quick", out="reports/findings")   # -> the judged findings (a list of dicts)
+
+    <out>/cells/<arm>/seed<k>.json   one cell's measurements (what `findings.effect_of` reads)
+    <out>/findings.json              profile, sizes, instrument checks, judged findings, dose-response, provenance
+    <work>/<profile>/<arm>/seed<k>/  the cells' run directories (metrics, rollouts) - outside reports/
+
+A cell is a pure function of (arm, seed, profile sizes, package version), so a cell file whose key matches is
+reused and an interrupted run resumes. Cells run in `workers` processes with one torch thread each: at this
+model size a step is dispatch-bound, so two single-threaded processes on two cores do about twice the work of
+one two-threaded process (benchmarks/RESULTS.md).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import platform
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from eureka_kit.version import __version__
+from eureka_kit.workbench.findings import (
+    ARMS,
+    DOSES,
+    PROFILES,
+    RL_SETTINGS,
+    SFT_SETTINGS,
+    Profile,
+    dose_response,
+    instrument_checks,
+    judge_findings,
+    profile_dict,
+)
+
+# Sampling streams: the base's bucket sample, and every arm's evaluation (the same stream for every arm of a
+# seed, so arms are compared on the same problems and the same sampler seed).
+BUCKET_STREAM, EVAL_STREAM = 10_000, 20_000
+
+
+def cell_key(arm: str, seed: int, profile: Profile) -> str:
+    sizes = {k: v for k, v in asdict(profile).items() if k not in ("name", "seeds", "doses", "arms")}
+    spec = dict(arm=asdict(ARMS[arm]), seed=seed, sizes=sizes, rl=RL_SETTINGS, sft=SFT_SETTINGS,
+                dose=DOSES.get(ARMS[arm].dose), version=__version__)
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def eval_problems(seed: int, profile: Profile) -> tuple[list[dict], list[dict]]:
+    """(math test problems, OOD test problems) of one seed: every level, the same for every arm."""
+    from eureka_kit.data import toyworld
+
+    math_problems = toyworld.generate("test", "math", profile.eval_per_level, seed=seed)
+    ood = [p for s in toyworld.OOD_SUBJECTS for p in toyworld.generate("test", s, profile.ood_per_level, seed=seed)]
+    return math_problems, ood
+
+
+def _sample(policy, tok, problems, cfg, samples: int, stream: int) -> list[int]:
+    from eureka_kit.engine.evaluate import sample_problems
+
+    return sample_problems(policy, tok, problems, cfg, num_samples=samples, seed=stream)["successes"].tolist()
+
+
+def _accuracy(successes: list[int], samples: int) -> float:
+    return sum(successes) / (samples * len(successes))
+
+
+def _measure(policy, tok, cfg, seed: int, profile: Profile, *, ood: bool = True) -> dict[str, Any]:
+    math_problems, ood_problems = eval_problems(seed, profile)
+    per_problem = _sample(policy, tok, math_problems, cfg, profile.eval_samples, EVAL_STREAM + seed)
+    out = dict(per_problem_successes=per_problem, eval_samples=profile.eval_samples,
+               math_accuracy=_accuracy(per_problem, profile.eval_samples), levels=[p["level"] for p in math_problems])
+    if ood:
+        out["ood_accuracy"] = _accuracy(_sample(policy, tok, ood_problems, cfg, profile.eval_samples,
+                                                EVAL_STREAM + seed), profile.eval_samples)
+    return out
+
+
+def _base_cell(policy, tok, seed: int, profile: Profile) -> dict[str, Any]:
+    from eureka_kit.config import RunConfig
+    from eureka_kit.data import toyworld
+
+    cfg = RunConfig.from_preset("grpo", seed=seed, **RL_SETTINGS)
+    out = _measure(policy, tok, cfg, seed, profile)
+    math_problems, _ = eval_problems(seed, profile)
+    k = profile.bucket_samples
+    bucket = _sample(policy, tok, math_problems, cfg, k, BUCKET_STREAM + seed)
+    untaught = len(toyworld.LEVELS) - 1
+    out.update(bucket_successes=bucket, bucket_samples=k,
+               buckets=["untaught" if p["level"] == untaught else "never" if b == 0 else "always" if b == k
+                        else "sometimes" for p, b in zip(math_problems, bucket, strict=True)])
+    out["math_auc"] = out["math_accuracy"]
+    return out
+
+
+def _rl_cell(policy, tok, arm: str, seed: int, profile: Profile, run_dir: Path) -> dict[str, Any]:
+    from eureka_kit.config import RunConfig
+    from eureka_kit.engine.checkpoints import load_weights
+    from eureka_kit.engine.loop import train
+
+    spec = ARMS[arm]
+    minibatches, epochs = DOSES[spec.dose]
+    batch = RL_SETTINGS["rollout_batch_size"] * RL_SETTINGS["group_size"]
+    every = max(1, profile.num_steps // profile.curve_points)
+    cfg = RunConfig.from_preset(spec.preset, seed=seed, run_dir=str(run_dir), num_steps=profile.num_steps,
+                                train_batch_size=batch // minibatches, micro_batch_size=batch // minibatches,
+                                update_epochs=epochs, save_every=every, **RL_SETTINGS)
+    started = time.perf_counter()
+    run = train(cfg, policy=copy.deepcopy(policy), processor=tok, progress=False)
+    train_s = time.perf_counter() - started
+    out = _measure(run.policy, tok, cfg, seed, profile)
+    # Area under the test-accuracy curve: the base (step 0, measured the same way), every checkpoint, the end.
+    curve = [(0, _measure(policy, tok, cfg, seed, profile, ood=False)["math_accuracy"])]
+    probe = copy.deepcopy(policy)
+    for ckpt in run.dir.checkpoints():
+        step = int(ckpt.name.split("_")[1]) + 1
+        if step < profile.num_steps:
+            load_weights(probe, ckpt)
+            curve.append((step, _measure(probe, tok, cfg, seed, profile, ood=False)["math_accuracy"]))
+    curve.append((profile.num_steps, out["math_accuracy"]))
+    for ckpt in run.dir.checkpoints():  # weights are not needed past this point; keep the metrics and rollouts
+        for f in ckpt.iterdir():
+            f.unlink()
+        ckpt.rmdir()
+    hist = run.dir.metrics()
+    out.update(curve=curve, math_auc=sum(a for _, a in curve) / len(curve), train_s=train_s,
+               ratio_tail_share=float(hist["policy/ratio_tail_frac"].mean()),
+               ratio_max_median=float(hist["policy/ratio_max"].median()),
+               train_accuracy=float(hist["reward/accuracy"].mean()), steps=len(hist), run_dir=str(run_dir))
+    return out
+
+
+def _sft_cell(policy, tok, seed: int, profile: Profile, run_dir: Path) -> dict[str, Any]:
+    from eureka_kit.config import RunConfig
+    from eureka_kit.engine.sft import sft
+
+    cfg = RunConfig.from_preset("sft", seed=seed, run_dir=str(run_dir), **SFT_SETTINGS)
+    started = time.perf_counter()
+    run = sft(cfg, policy=copy.deepcopy(policy), processor=tok, progress=False)
+    out = _measure(run.policy, tok, cfg, seed, profile)
+    out.update(train_s=time.perf_counter() - started, run_dir=str(run_dir))
+    out["math_auc"] = out["math_accuracy"]
+    return out
+
+
+def run_cell(arm: str, seed: int, profile: Profile, out: str, work: str) -> dict[str, Any]:
+    """Measure one (arm, seed) cell and write `<out>/cells/<arm>/seed<seed>.json`; returns the cell."""
+    import torch
+
+    from eureka_kit.engine.base_policy import load_policy
+
+    torch.set_num_threads(1)
+    policy, tok = load_policy("toy", seed=0)  # one base for every seed: the seeds vary data, sampling, training
+    run_dir = Path(work) / profile.name / arm / f"seed{seed}"
+    started = time.perf_counter()
+    kind = ARMS[arm].kind
+    cell = (_base_cell(policy, tok, seed, profile) if kind == "base" else
+            _sft_cell(policy, tok, seed, profile, run_dir) if kind == "sft" else
+            _rl_cell(policy, tok, arm, seed, profile, run_dir))
+    cell.update(arm=arm, seed=seed, key=cell_key(arm, seed, profile), wall_s=time.perf_counter() - started)
+    path = Path(out) / "cells" / arm / f"seed{seed}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.with_suffix(".tmp").write_text(json.dumps(cell))
+    os.replace(path.with_suffix(".tmp"), path)
+    return cell
+
+
+def read_cells(out: str | Path, profile: Profile) -> dict[tuple[str, int], dict]:
+    """The cells of `profile` already on disk under `out` whose key matches (stale ones are ignored)."""
+    cells = {}
+    for arm, seed in profile.cells():
+        path = Path(out) / "cells" / arm / f"seed{seed}.json"
+        if path.exists():
+            cell = json.loads(path.read_text())
+            if cell.get("key") == cell_key(arm, seed, profile):
+                cells[(arm, seed)] = cell
+    return cells
+
+
+def run_profile(profile: str | Profile = "quick", out: str | Path = "reports/findings", *, work: str | Path = "runs/findings",
+                workers: int = 2, progress: bool = True) -> dict[str, Any]:
+    """Run every missing cell of `profile` (a PROFILES name or a Profile) and write `<out>/findings.json`.
+    Returns what it wrote."""
+    from eureka_kit.engine.base_policy import build_base_policy
+
+    prof = PROFILES[profile] if isinstance(profile, str) else profile
+    out, work = Path(out), Path(work)
+    started = time.perf_counter()
+    build_base_policy(seed=0)  # built once here, not raced by the workers
+    cells = read_cells(out, prof)
+    todo = [c for c in prof.cells() if c not in cells]
+    bar = tqdm(total=len(prof.cells()), initial=len(cells), desc=f"findings ({prof.name})", disable=not progress,
+               ncols=100)
+    if todo and workers > 1:
+        with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+            futures = {pool.submit(run_cell, a, s, prof, str(out), str(work)): (a, s) for a, s in todo}
+            for fut in as_completed(futures):
+                cells[futures[fut]] = fut.result()
+                bar.set_postfix_str(f"{futures[fut][0]} seed {futures[fut][1]}")
+                bar.update()
+    else:
+        for a, s in todo:
+            cells[(a, s)] = run_cell(a, s, prof, str(out), str(work))
+            bar.update()
+    bar.close()
+    result = summarize(cells, prof)
+    result["provenance"].update(elapsed_s=time.perf_counter() - started, cells_run=len(todo), workers=workers)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "findings.json").write_text(json.dumps(result, indent=1, default=float))
+    return result
+
+
+def summarize(cells: dict[tuple[str, int], dict], prof: Profile) -> dict[str, Any]:
+    """findings.json's content from a profile's cells."""
+    return dict(
+        profile=profile_dict(prof),
+        instrument=instrument_checks(cells),
+        findings=judge_findings(cells, prof.name, prof.seeds),
+        dose_response={key: dose_response(cells, key) for key in ("ratio_tail_share", "math_accuracy", "math_auc")},
+        arms={arm: {"seeds": sorted(s for a, s in cells if a == arm),
+                    **{k: [cells[(arm, s)].get(k) for s in prof.seeds if (arm, s) in cells]
+                       for k in ("math_accuracy", "ood_accuracy", "math_auc", "ratio_tail_share", "ratio_max_median",
+                                 "train_s")}}
+              for arm in dict.fromkeys(a for a, _ in prof.cells())},
+        provenance=dict(version=__version__, commit=_git_commit(), machine=_machine(),
+                        command=f"eureka-kit report --profile {prof.name}"),
+    )
+
+
+def _git_commit() -> str | None:
+    from eureka_kit.engine.runs import _git_commit as commit
+
+    return commit()
+
+
+def _machine() -> str:
+    import torch
+
+    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+            f"CPU capability {torch.backends.cpu.get_cpu_capability()}")
