@@ -212,6 +212,7 @@ def run_profile(profile: str | Profile = "quick", out: str | Path = "reports/fin
             bar.update()
     bar.close()
     result = summarize(cells, prof)
+    result["profile"]["work"] = str(work)
     result["provenance"].update(elapsed_s=time.perf_counter() - started, cells_run=len(todo), workers=workers)
     out.mkdir(parents=True, exist_ok=True)
     (out / "findings.json").write_text(json.dumps(result, indent=1, default=float))
@@ -246,3 +247,25 @@ def _machine() -> str:
 
     return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
             f"CPU capability {torch.backends.cpu.get_cpu_capability()}")
+
+
+def load_cells(findings_dir: str | Path) -> dict[tuple[str, int], dict]:
+    """Every cell under `findings_dir/cells` as {(arm, seed): cell} (for notebooks reading a finished run)."""
+    cells = {}
+    for path in sorted(Path(findings_dir).glob("cells/*/seed*.json")):
+        cell = json.loads(path.read_text())
+        cells[(cell["arm"], int(cell["seed"]))] = cell
+    return cells
+
+
+def load_or_run(findings_dir: str | Path = "", *, profile: str = "quick", out: str | Path = "runs/findings_notebooks",
+                workers: int = 2, progress: bool = True) -> tuple[dict[str, Any], dict[tuple[str, int], dict], Path]:
+    """(findings.json content, cells, folder) of a finished findings run in `findings_dir` (what the report suite
+    passes to its notebooks), or, when `findings_dir` is empty, of `profile` run (or resumed) into `out`."""
+    folder = Path(findings_dir) if findings_dir else Path(out)
+    if not findings_dir:
+        run_profile(profile, folder, work=folder / "runs", workers=workers, progress=progress)
+    path = folder / "findings.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: not a findings run (run `eureka-kit report` or pass findings_dir='')")
+    return json.loads(path.read_text()), load_cells(folder), folder

@@ -1,8 +1,6 @@
-"""Static HTML reports, rendered from run directories: the toy-world page, one page per executed notebook,
-and reports/index.html. A view: it never trains (`workbench.toy_report` runs the toy world, then calls here).
-
-`toy_page` writes one HTML page with plotly charts that renders offline (plotly.js is written once next to
-the page). Conclusions in the page are computed from the results, never written in advance.
+"""Static HTML reports: one page per executed notebook, reports/index.html, and the pieces the findings page
+(`findings_page`) shares: the offline page shell, plotly divs, and the sentinel warnings of run directories.
+A view: it never trains. Conclusions in a page are computed from the results, never written in advance.
 
 `write_report` turns an executed notebook into HTML (code hidden) and `build_index` lists every report and
 notebook run under a folder. No page loads anything from the network: plotly.js is one local file, and
@@ -20,11 +18,8 @@ from typing import Any
 
 import pandas as pd
 import plotly.io as pio
-import torch
 
-from eureka_kit.algos import diagnostics
 from eureka_kit.engine.runs import RunDir
-from eureka_kit.workbench import viz
 
 # The folder of one notebook run under reports/<notebook>/<key>/ (written by `sweep`, listed by `build_index`).
 STATUS = "status.json"
@@ -79,73 +74,7 @@ def _table(df: pd.DataFrame, floatfmt: str = "{:.3g}") -> str:
     return df.to_html(index=False, float_format=lambda v: floatfmt.format(v), border=0)
 
 
-def toy_page(out_dir: Path, run_dirs: dict[str, RunDir], base: tuple[pd.DataFrame, pd.DataFrame],
-             after: dict[str, tuple[pd.DataFrame, pd.DataFrame]], *, settings: dict, presets, seed: int,
-             eval_samples: int, elapsed: float) -> Path:
-    """Write the toy-world page `out_dir/index.html` (+ summary.json) from finished runs and their evaluations:
-    `base` and each `after[preset]` are `evaluate.evaluate`'s (per_problem, summary). Returns the page's path."""
-    base_problems, base_summary = base
-    after_problems = {name: problems for name, (problems, _) in after.items()}
-    after_summary = {name: summary for name, (_, summary) in after.items()}
-    histories = {name: rd.metrics() for name, rd in run_dirs.items()}
-    headline = _headline(base_summary, after_summary, histories)
-    sections = [
-        ("Setup", _setup_html(settings, presets, seed, eval_samples, elapsed)),
-        ("Results", _table(headline) + _findings_html(headline, histories)),
-        ("Training curves", figure_div(viz.training_curves(histories))),
-        ("Accuracy by subject (in-domain math, out-of-domain physics/chemistry/biology)",
-         figure_div(viz.subject_accuracy({"base": base_summary, **after_summary}))),
-        ("Which problems RL lifts (bucketed by the base policy's success rate on math)",
-         figure_div(viz.solved_vs_never(base_problems[base_problems.subject == "math"],
-                                        {k: v[v.subject == "math"] for k, v in after_problems.items()}))),
-        ("Collapse sentinels and NaN/Inf-skipped steps, with the samples that triggered them",
-         _warnings_html(run_dirs, out_dir)),
-    ]
-    for name, rd in run_dirs.items():
-        steps = rd.rollout_steps()
-        if steps:
-            sections.append((f"{name}: per-token log-ratio at the last step",
-                             figure_div(viz.ratio_histogram(rd.rollouts(steps[-1])))))
-        sections.append((f"{name}: per-problem learning matrix", figure_div(viz.problem_matrix(rd.problems()))))
-    write_plotly_js(out_dir)
-    page = out_dir / "index.html"
-    page.write_text(html_page(f"eureka_kit toy-world report: {', '.join(presets)} under off-policy pressure", sections))
-    (out_dir / "summary.json").write_text(json.dumps(headline.to_dict(orient="records"), indent=2))
-    print(headline.to_string(index=False))
-    print(f"report: {page} ({elapsed:.0f} s)")
-    return page
-
-
-def _headline(base: pd.DataFrame, after: dict[str, pd.DataFrame], histories: dict[str, pd.DataFrame]) -> pd.DataFrame:
-    rows = []
-    for name, summary in {"base": base, **after}.items():
-        acc = summary.set_index("subject")["accuracy"]
-        h = histories.get(name, pd.DataFrame())
-        rows.append({
-            "model": name,
-            "math acc": acc.get("math", float("nan")),
-            "OOD acc": acc.drop("math", errors="ignore").mean(),
-            "math never solved": float(summary.set_index("subject").loc["math", "never_solved"]) if "math" in acc else float("nan"),
-            "peak ratio max": h["policy/ratio_max"].max() if "policy/ratio_max" in h else float("nan"),
-            "mean clip frac": h["policy/clipfrac"].mean() if "policy/clipfrac" in h else float("nan"),
-            "final entropy": h["policy/entropy"].iloc[-1] if "policy/entropy" in h else float("nan"),
-            "NaN/Inf-skipped steps": h["optim/skipped_steps"].sum() if "optim/skipped_steps" in h else float("nan"),
-            "warnings": _warning_summary(h),
-        })
-    return pd.DataFrame(rows)
-
-
-def _warning_summary(history: pd.DataFrame) -> str:
-    """'ratio_tail x4 (first at step 3)' per sentinel kind, '-' when none fired."""
-    if history.empty:
-        return "-"
-    found: dict[str, list[int]] = {}
-    for w in diagnostics.collapse_warnings(history.to_dict("records")):
-        found.setdefault(str(w["kind"]), []).append(int(w["step"]))
-    return "; ".join(f"{k} x{len(v)} (first at step {v[0]})" for k, v in found.items()) or "-"
-
-
-def _warnings_html(run_dirs: dict[str, RunDir], out_dir: Path, per_kind: int = 3) -> str:
+def warnings_html(run_dirs: dict[str, RunDir], out_dir: Path, per_kind: int = 3) -> str:
     """Per run: the optimizer steps skipped for NaN/Inf, then a table of its sentinel warnings (warnings.jsonl),
     each with its step and the offending samples quoted and linked to that step's rollouts parquet. The first
     `per_kind` warnings of each kind are shown; the rest are counted with their steps."""
@@ -183,39 +112,6 @@ def _samples_html(samples: list[dict], rollouts: Path) -> str:
              f'max log-ratio {s["max_log_ratio"]:+.3g} at <code>{html.escape(repr(s["token"]))}</code>, '
              f'{s["length"]} tokens: <q>{html.escape(s["completion"][:160])}</q></li>' for s in samples]
     return f"<ul>{''.join(items)}</ul>" if items else "none in this step's rollouts"
-
-
-def _setup_html(settings: dict, presets, seed: int, eval_samples: int, elapsed: float) -> str:
-    items = "".join(f"<li><code>{html.escape(k)}={html.escape(str(v))}</code></li>" for k, v in settings.items())
-    return (f"<p>Presets {', '.join(presets)}; seed {seed}; evaluation: {eval_samples} samples per test problem at "
-            f"temperature 1. Torch threads: {torch.get_num_threads()}. Wall time {elapsed:.0f} s.</p><ul>{items}</ul>")
-
-
-def _findings_html(headline: pd.DataFrame, histories: dict[str, pd.DataFrame]) -> str:
-    """Plain-language findings computed from the numbers."""
-    base = headline.iloc[0]
-    lines = []
-    for _, row in headline.iloc[1:].iterrows():
-        delta, ood = row["math acc"] - base["math acc"], row["OOD acc"] - base["OOD acc"]
-        lines.append(f"<li><b>{row.model}</b>: math accuracy {base['math acc']:.1%} → {row['math acc']:.1%} "
-                     f"({delta:+.1%}), out-of-domain {base['OOD acc']:.1%} → {row['OOD acc']:.1%} ({ood:+.1%}); "
-                     f"largest token ratio seen {row['peak ratio max']:.3g}; collapse sentinels: {row.warnings}.</li>")
-    arms = headline.set_index("model")
-    if {"grpo", "cpgd"} <= set(arms.index):
-        g, c = arms.loc["grpo", "peak ratio max"], arms.loc["cpgd", "peak ratio max"]
-        verdict = "reproduces" if c < g else "does NOT reproduce"
-        lines.append(f"<li>Stability (CPGD paper §4.2: GRPO without KL grows ratio tails, CPGD keeps them bounded) "
-                     f"{verdict} here: peak token ratio GRPO {g:.3g} vs CPGD {c:.3g} ({g / c:.2g}x).</li>")
-    lifted = [m for m in arms.index[1:] if arms.loc[m, "math acc"] > base["math acc"]]
-    lines.append("<li>RL improving in-domain accuracy over the base policy: "
-                 + (f"seen for {', '.join(lifted)}." if lifted else
-                    "does NOT reproduce here: every preset ends below the base policy (see reports/LOG.md).")
-                 + "</li>")
-    if len(headline) > 2:
-        best = headline.iloc[1:].sort_values("math acc", ascending=False).iloc[0]
-        calm = headline.iloc[1:].sort_values("peak ratio max").iloc[0]
-        lines.append(f"<li>Highest final math accuracy: <b>{best.model}</b>; smallest ratio tail: <b>{calm.model}</b>.</li>")
-    return "<ul>" + "".join(lines) + "</ul>"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -293,7 +189,7 @@ def build_index(out: str | Path = "reports") -> Path:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     write_plotly_js(out)
-    sections = [_linked_report(page) for page in sorted(out.glob("*/index.html"))]
+    sections = _findings_sections(out) + [_linked_report(page) for page in sorted(out.glob("*/index.html"))]
     rows = collect(out)
     by_nb: dict[str, list[dict]] = {}
     for r in rows:
@@ -322,6 +218,25 @@ def build_index(out: str | Path = "reports") -> Path:
     page = out / "index.html"
     page.write_text(html_page("eureka_kit reports", sections))
     return page
+
+
+def _findings_sections(out: Path) -> list[tuple[str, str]]:
+    """The findings table the index opens with: this folder's findings run (findings/findings.json) beside the
+    committed reference run (reference/findings.json here, else the repository's)."""
+    from eureka_kit.workbench.findings_page import REFERENCE, findings_table_html, load
+
+    quick = load(out / "findings" / "findings.json")
+    ref = load(out / "reference" / "findings.json") or load(REFERENCE)
+    if quick is None and ref is None:
+        return []
+    main, link = (quick, "findings/index.html") if quick else (ref, "")
+    body = findings_table_html(main["findings"], ref["findings"] if quick and ref else None, link=link)
+    prof = main["profile"]
+    note = (f"<p>{prof['name']} profile, seeds {prof['seeds']}; "
+            + (f'<a href="{link}">the findings page</a> has the per-seed effects, the instrument checks and the '
+               f"pressure dose-response." if link else "the committed reference run (no findings run here yet).")
+            + "</p>")
+    return [("Findings: the seed papers' claims, tested on the toy world", body + note)]
 
 
 def _linked_report(page: Path) -> tuple[str, str]:
