@@ -22,25 +22,22 @@ def _add_selfcheck(sub: argparse._SubParsersAction) -> None:
 def _report(args: argparse.Namespace) -> int:
     from eureka_kit.workbench import suite
 
-    toy_kwargs = dict(presets=tuple(args.presets.split(",")), seed=args.seed, eval_samples=args.eval_samples,
-                      **({"num_steps": args.steps} if args.steps else {}))
-    notebooks = [] if args.only_toy else (args.notebooks.split(",") if args.notebooks else None)
-    results = suite.build_suite(args.out, notebooks=notebooks, toy=not args.no_toy, toy_kwargs=toy_kwargs,
-                                force=args.force)
+    notebooks = [] if args.only_findings else (args.notebooks.split(",") if args.notebooks else None)
+    results = suite.build_suite(args.out, notebooks=notebooks, findings=not args.no_findings, profile=args.profile,
+                                workers=args.workers, force=args.force)
     return 1 if any(r.get("status") != "ok" for r in results) else 0
 
 
 def _add_report(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("report", help="the report suite: toy-world ablation + every notebook (papermill) + index")
-    p.add_argument("--out", default="reports", help="reports folder (toy_world/, <notebook>/report/, index.html)")
-    p.add_argument("--only-toy", action="store_true", help="only the toy-world report (and the index)")
-    p.add_argument("--no-toy", action="store_true", help="only the notebooks (and the index)")
+    p = sub.add_parser("report", help="the report suite: the findings (seeds, CIs, verdicts) + every notebook + index")
+    p.add_argument("--out", default="reports", help="reports folder (findings/, <notebook>/report/, index.html)")
+    p.add_argument("--profile", default="quick", choices=["quick", "full"],
+                   help="findings profile: quick (>= 3 seeds, the main job) or full (>= 5 seeds, the reference)")
+    p.add_argument("--workers", type=int, default=2, help="findings cells run in this many single-threaded processes")
+    p.add_argument("--only-findings", action="store_true", help="only the findings (and the index)")
+    p.add_argument("--no-findings", action="store_true", help="only the notebooks (and the index)")
     p.add_argument("--notebooks", default="", help="comma-separated subset of the suite's notebooks")
     p.add_argument("--force", action="store_true", help="re-run notebooks that already finished")
-    p.add_argument("--presets", default="grpo,grpo_kl,cpgd", help="toy world: comma-separated presets to compare")
-    p.add_argument("--steps", type=int, default=0, help="toy world: RL steps per preset (0 = report default)")
-    p.add_argument("--eval-samples", type=int, default=8, help="toy world: samples per test problem")
-    p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_report)
 
 

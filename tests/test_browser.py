@@ -1,6 +1,6 @@
 """The report pages in a real headless browser: Debian's chromium driven by playwright, offline.
 
-Opens a small suite's index, one notebook run's report and a toy-report-style page from file:// URLs and checks
+Opens a small suite's index, one notebook run's report and the findings page from file:// URLs and checks
 that there are no console errors or page errors, that nothing was requested from the network, and that every
 plotly figure rendered (its <div> holds plotly's SVG). Skips when /usr/bin/chromium (apt-get install chromium)
 or playwright (the dev extra) is missing; never downloads a browser.
@@ -73,8 +73,8 @@ def open_page(browser, path: Path, num_figures: int) -> dict:
 def test_index_opens_cleanly_and_links_every_page(browser, suite_dir):
     seen = open_page(browser, suite_dir / "index.html", num_figures=0)
     assert seen["console errors"] == seen["page errors"] == seen["network requests"] == []
-    assert {"toy_world/index.html", "tiny/report/report.html", "tiny_fails/report/executed.ipynb"} <= set(seen["links"])
-    assert all((suite_dir / link).exists() for link in seen["links"])
+    assert {"findings/index.html", "tiny/report/report.html", "tiny_fails/report/executed.ipynb"} <= set(seen["links"])
+    assert all((suite_dir / link.split("#")[0]).exists() for link in seen["links"])
 
 
 def test_notebook_report_renders_every_figure_offline(browser, suite_dir):
@@ -85,7 +85,9 @@ def test_notebook_report_renders_every_figure_offline(browser, suite_dir):
     assert figures == 2 and seen["rendered"] == figures
 
 
-def test_toy_report_page_renders_every_figure_offline(browser, suite_dir):
-    seen = open_page(browser, suite_dir / "toy_world" / "index.html", num_figures=2)
+def test_findings_page_renders_every_figure_offline(browser, suite_dir):
+    page = suite_dir / "findings" / "index.html"
+    figures = page.read_text().count('class="plotly-graph-div"')
+    seen = open_page(browser, page, num_figures=figures)
     assert seen["console errors"] == seen["page errors"] == seen["network requests"] == []
-    assert seen["rendered"] == 2
+    assert figures == 3 and seen["rendered"] == figures  # per-seed effects, two dose-response charts

@@ -129,17 +129,29 @@ def test_length_collapse_flagged():
 
 def test_format_divergence_flagged():
     # Window 10: at step 12 the format rate has risen 0.6 -> 0.95 since step 3 while accuracy fell 0.4 -> 0.2:
-    # gap = 0.35 - (-0.2) = 0.55 > 0.3.
+    # gap = 0.35 - max(0, -0.2) = 0.35 > 0.3.
     h = calm_history()
     h[12]["reward/format_frac"], h[12]["reward/accuracy"] = 0.95, 0.2
     w = diagnostics.collapse_warnings(h)
     assert [(x["kind"], x["step"]) for x in w] == [("format_divergence", 12)]
-    assert w[0]["value"] == pytest.approx(0.55)
+    assert w[0]["value"] == pytest.approx(0.35)
 
 
 def test_a_model_that_was_always_well_formatted_is_not_flagged():
     h = [{**row, "reward/format_frac": 1.0, "reward/accuracy": 0.3} for row in calm_history()]
     assert "format_divergence" not in kinds(diagnostics.collapse_warnings(h))
+
+
+def test_accuracy_falling_at_a_constant_format_rate_is_not_format_hacking():
+    # format 1.0 throughout while accuracy falls 0.6 -> 0.1: what every over-pressured arm does; the old rule
+    # (format gain - accuracy gain = 0 - (-0.5) = 0.5 > 0.3) fired here
+    h = [{**row, "reward/format_frac": 1.0, "reward/accuracy": 0.6 - 0.5 * i / 29} for i, row in
+         enumerate(calm_history())]
+    assert "format_divergence" not in kinds(diagnostics.collapse_warnings(h))
+    # a format rate that rises 0.5 -> 1.0 while accuracy gains only 0.1 still fires
+    h = [{**row, "reward/format_frac": 0.5 + 0.5 * min(i, 10) / 10, "reward/accuracy": 0.3 + 0.1 * min(i, 10) / 10}
+         for i, row in enumerate(calm_history())]
+    assert "format_divergence" in kinds(diagnostics.collapse_warnings(h))
 
 
 def test_missing_metrics_are_skipped():

@@ -1,5 +1,5 @@
-"""The report's findings are computed from the numbers, including when a seed finding does not reproduce; the
-report suite's index lists every run; generated pages load nothing from the network."""
+"""The report suite's index opens with the findings table and lists every run; generated pages load nothing
+from the network."""
 
 import json
 import re
@@ -10,25 +10,8 @@ import plotly.graph_objects as go
 import pytest
 from nbfactory import write_notebook
 
-from eureka_kit.workbench.report import _findings_html, figure_div, html_page, write_plotly_js
+from eureka_kit.workbench.report import html_page
 from eureka_kit.workbench.sweep import notebook_errors, read_status
-
-
-def _headline(grpo_ratio, cpgd_ratio, cpgd_acc):
-    return pd.DataFrame([
-        {"model": "base", "math acc": 0.40, "OOD acc": 0.03, "peak ratio max": float("nan"), "warnings": "-"},
-        {"model": "grpo", "math acc": 0.30, "OOD acc": 0.02, "peak ratio max": grpo_ratio, "warnings": "-"},
-        {"model": "cpgd", "math acc": cpgd_acc, "OOD acc": 0.04, "peak ratio max": cpgd_ratio, "warnings": "-"},
-    ])
-
-
-def test_findings_say_what_reproduces_and_what_does_not():
-    text = _findings_html(_headline(72.0, 16.0, 0.45), {})
-    assert "reproduces here: peak token ratio GRPO 72 vs CPGD 16" in text
-    assert "seen for cpgd" in text and "math accuracy 40.0% → 45.0% (+5.0%)" in text
-    text = _findings_html(_headline(10.0, 30.0, 0.35), {})
-    assert "does NOT reproduce here: peak token ratio GRPO 10 vs CPGD 30" in text
-    assert "every preset ends below the base policy" in text
 
 
 def test_page_loads_plotly_locally_and_escapes_titles():
@@ -71,7 +54,11 @@ TINY_SUITE = {"tiny": {"x": 2}, "tiny_fails": {"x": 1, "fail": True}}
 
 
 def build_tiny_suite(root: Path) -> tuple[Path, list[dict]]:
-    """`build_suite` over TINY_SUITE, with a stand-in toy-world page (html_page + summary.json) beside it."""
+    """`build_suite` over TINY_SUITE, beside a findings page built from hand-made cells (no training)."""
+    from synthetic_findings import PROFILE, cells
+
+    from eureka_kit.workbench.findings_page import findings_page
+    from eureka_kit.workbench.findings_run import summarize
     from eureka_kit.workbench.suite import build_suite
 
     nb_dir = root / "notebooks"
@@ -79,14 +66,11 @@ def build_tiny_suite(root: Path) -> tuple[Path, list[dict]]:
     for name in TINY_SUITE:
         tiny_notebook(nb_dir / f"{name}.ipynb")
     out = root / "reports"
-    toy = out / "toy_world"
-    toy.mkdir(parents=True)
-    fig = go.Figure(go.Bar(x=["grpo", "cpgd"], y=[72.1, 16.7]))
-    (toy / "index.html").write_text(html_page("toy-world stand-in", [("ratios", figure_div(fig)),
-                                                                     ("again", figure_div(fig))]))
-    (toy / "summary.json").write_text(json.dumps([{"model": "grpo", "peak ratio max": 72.1}]))
-    write_plotly_js(toy)
-    results = build_suite(out, toy=False, suite=TINY_SUITE, notebooks_dir=nb_dir, progress=False)
+    result = summarize(cells(tail={"grpo@8": [0.03, 0.04, 0.05]}), PROFILE)
+    (out / "findings").mkdir(parents=True)
+    (out / "findings" / "findings.json").write_text(json.dumps(result, default=float))
+    findings_page(out / "findings", result, reference=root / "no-reference.json")
+    results = build_suite(out, findings=False, suite=TINY_SUITE, notebooks_dir=nb_dir, progress=False)
     return out, results
 
 
@@ -104,8 +88,9 @@ def test_index_lists_every_run_with_status_parameters_findings_and_link(tiny_sui
     assert "tiny — 1/1 ok" in index and "tiny_fails — 0/1 ok" in index
     assert '<a href="tiny/report/report.html">report</a>' in index and "<code>x=2</code>" in index
     assert "<strong>What this shows</strong>: x = 2" in index  # the notebook's markdown, rendered
-    # the toy-world report: linked, titled, with its headline numbers
-    assert '<a href="toy_world/index.html">' in index and "toy-world stand-in" in index and "72.1" in index
+    # the findings table comes first, each finding linked to its place on the findings page
+    assert index.index("Findings: the seed papers") < index.index("tiny — 1/1 ok")
+    assert '<a href="findings/index.html#stability">stability</a>' in index and "supports" in index
 
 
 def test_a_failed_notebook_shows_as_failed_with_its_executed_notebook(tiny_suite):
@@ -121,7 +106,7 @@ def test_a_failed_notebook_shows_as_failed_with_its_executed_notebook(tiny_suite
 def test_generated_pages_load_nothing_from_the_network(tiny_suite):
     out, _ = tiny_suite
     pages = sorted(out.rglob("*.html"))
-    assert {p.relative_to(out).as_posix() for p in pages} == {"index.html", "toy_world/index.html",
+    assert {p.relative_to(out).as_posix() for p in pages} == {"index.html", "findings/index.html",
                                                               "tiny/report/report.html"}
     for page in pages:
         assert remote_loads(page.read_text()) == [], page
@@ -151,32 +136,36 @@ def test_suite_skips_finished_notebooks_and_reruns_changed_parameters(tmp_path):
 
     tiny_notebook(tmp_path / "tiny.ipynb")
     out = tmp_path / "reports"
-    first = build_suite(out, toy=False, suite={"tiny": {"x": 1}}, notebooks_dir=tmp_path, progress=False)
-    again = build_suite(out, toy=False, suite={"tiny": {"x": 1}}, notebooks_dir=tmp_path, progress=False)
-    changed = build_suite(out, toy=False, suite={"tiny": {"x": 3}}, notebooks_dir=tmp_path, progress=False)
+    first = build_suite(out, findings=False, suite={"tiny": {"x": 1}}, notebooks_dir=tmp_path, progress=False)
+    again = build_suite(out, findings=False, suite={"tiny": {"x": 1}}, notebooks_dir=tmp_path, progress=False)
+    changed = build_suite(out, findings=False, suite={"tiny": {"x": 3}}, notebooks_dir=tmp_path, progress=False)
     assert [r["status"] for r in first + again + changed] == ["ok"] * 3
     assert again[0].get("skipped") and not changed[0].get("skipped")
     assert "x = 3" in read_status(out / "tiny" / "report")["findings"]
     with pytest.raises(ValueError, match="not in the suite"):
-        build_suite(out, toy=False, notebooks=["nope"], suite={"tiny": {}}, notebooks_dir=tmp_path)
+        build_suite(out, findings=False, notebooks=["nope"], suite={"tiny": {}}, notebooks_dir=tmp_path)
 
 
-def test_cli_report_only_toy_builds_the_toy_report_and_the_index(tmp_path, monkeypatch):
+def test_cli_report_only_findings_runs_the_profile_and_builds_the_index(tmp_path, monkeypatch):
+    from synthetic_findings import PROFILE, cells
+
     from eureka_kit.cli import main
-    from eureka_kit.workbench import toy_report
+    from eureka_kit.workbench import findings_run
 
     calls = []
 
-    def fake_toy_report(out_dir, presets, **kw):
-        calls.append((Path(out_dir), presets, kw))
-        Path(out_dir).mkdir(parents=True)
-        (Path(out_dir) / "index.html").write_text(html_page("fake toy", []))
+    def fake_run_profile(profile, out, **kw):
+        calls.append((profile, Path(out), kw["workers"]))
+        Path(out).mkdir(parents=True)
+        result = findings_run.summarize(cells(), PROFILE)
+        (Path(out) / "findings.json").write_text(json.dumps(result, default=float))
+        return result
 
-    monkeypatch.setattr(toy_report, "toy_report", fake_toy_report)
-    assert main(["report", "--only-toy", "--out", str(tmp_path), "--presets", "grpo,cpgd", "--steps", "3"]) == 0
-    assert calls == [(tmp_path / "toy_world", ("grpo", "cpgd"), dict(seed=0, eval_samples=8, num_steps=3,
-                                                                      progress=True))]
-    assert '<a href="toy_world/index.html">' in (tmp_path / "index.html").read_text()
+    monkeypatch.setattr(findings_run, "run_profile", fake_run_profile)
+    assert main(["report", "--only-findings", "--out", str(tmp_path), "--profile", "full", "--workers", "1"]) == 0
+    assert calls == [("full", (tmp_path / "findings").resolve(), 1)]
+    index = (tmp_path / "index.html").read_text()
+    assert '<a href="findings/index.html">' in index and "synthetic profile, seeds [0, 1, 2]" in index
 
 
 def test_every_suite_notebook_is_found_where_the_suite_looks_for_it():

@@ -14,7 +14,7 @@ from eureka_kit.data import toyworld
 from eureka_kit.engine.loop import train
 from eureka_kit.engine.runs import RunDir, open_run
 from eureka_kit.models import build_toy_model
-from eureka_kit.workbench.report import _warnings_html
+from eureka_kit.workbench.report import warnings_html
 
 SMALL = dict(rollout_batch_size=4, group_size=4, train_batch_size=8, micro_batch_size=8, max_len=12, lr=1e-3)
 
@@ -217,7 +217,7 @@ def test_report_lists_each_warning_with_its_step_and_quotes_the_samples(tmp_path
                            "samples": []}])
     calm = RunDir(tmp_path / "report" / "runs" / "cpgd").create({"seed": 0})
     calm.log_metrics({"step": 0, "optim/skipped_steps": 0.0})
-    page = _warnings_html({"grpo": run, "cpgd": calm}, tmp_path / "report")
+    page = warnings_html({"grpo": run, "cpgd": calm}, tmp_path / "report")
 
     grpo, cpgd = page.split("<h3>cpgd</h3>")
     assert "2 optimizer step(s) skipped for a NaN/Inf loss or gradient (at RL steps 7)" in grpo

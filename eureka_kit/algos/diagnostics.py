@@ -104,7 +104,7 @@ SENTINEL_DEFAULTS = dict(
     ratio_max=10.0,          # any token ratio above this is a blow-up precursor (MM-Eureka §4.5)
     entropy_slope=-0.02,     # entropy falling faster than this per step, fitted over `window` steps
     length_drop=0.5,         # mean response length below this fraction of its early-run median
-    format_gap=0.3,          # format rate gained minus accuracy gained over `window` steps: hacking the format
+    format_gap=0.3,          # format rate gained minus any accuracy gain over `window` steps: hacking the format
     window=10,
 )
 COMPLETION_CHARS = 300  # a warning quotes at most this much of each offending completion
@@ -117,8 +117,8 @@ def collapse_warnings(history: list[dict[str, float]], **thresholds: float) -> l
     policy/entropy over the last `window` steps below `entropy_slope`), length_collapse
     (rollout/len_mean below `length_drop` x the median of the first `window` steps: PG/PGD's
     `<think>`-only collapse), format_divergence (over the last `window` steps the format rate rose while accuracy
-    did not: (format_frac gain) - (accuracy gain) above `format_gap`; a model that was always well formatted
-    never triggers it), nonfinite_steps (optim/skipped_steps > 0: optimizer steps dropped for a NaN/Inf loss or
+    did not follow: (format_frac gain) - max(0, accuracy gain) above `format_gap`; a falling accuracy counts as no
+    gain, so a run whose format rate stays put, at 1.0 or anywhere, never triggers it), nonfinite_steps (optim/skipped_steps > 0: optimizer steps dropped for a NaN/Inf loss or
     gradient). `since_step` is the first step of the evidence (the window start for the windowed kinds).
     Missing metrics are skipped, so this works on any subset of the documented keys.
     """
@@ -229,7 +229,9 @@ def _warnings_at(history: list[dict[str, float]], i: int, early_length: float | 
              f"mean response length {h['rollout/len_mean']:.1f} < {t['length_drop']} x early median {early_length:.1f}")
     past = history[i - window + 1] if i + 1 >= window else None
     if past is not None and all(k in h and k in past for k in ("reward/format_frac", "reward/accuracy")):
-        gap = (h["reward/format_frac"] - past["reward/format_frac"]) - (h["reward/accuracy"] - past["reward/accuracy"])
+        # Only a format rate that rose counts: accuracy falling under a constant format rate is not format hacking
+        # (the old "format gain minus accuracy gain" fired in every arm whose accuracy dipped at format 1.0).
+        gap = (h["reward/format_frac"] - past["reward/format_frac"]) - max(0.0, h["reward/accuracy"] - past["reward/accuracy"])
         if gap > t["format_gap"]:
             warn("format_divergence", gap, f"format rate gained {gap:.2f} more than accuracy over {window} steps",
                  window_start)

@@ -222,6 +222,7 @@ def findings_page(out: str | Path, result: dict[str, Any] | None = None, *, refe
     setup = {**{k: v for k, v in prof.items() if k not in ("arms",)}, **prov}
     sections.append(("Setup and provenance", "<ul>" + "".join(
         f"<li><code>{html.escape(str(k))}</code>: {html.escape(str(v))}</li>" for k, v in setup.items()) + "</ul>"))
+    out.mkdir(parents=True, exist_ok=True)
     if charts:
         write_plotly_js(out)
     page = out / "index.html"

@@ -1,13 +1,14 @@
 """The README's main job: the whole report suite, offline, in one call (`eureka-kit report`, `make report`).
 
-    reports/toy_world/index.html          the toy-world ablation (toy_report.toy_report)
+    reports/findings/index.html           the findings on the toy world (findings_run.run_profile + findings_page)
     reports/<notebook>/report/            every notebook in SUITE, executed by papermill (sweep.execute_point)
-    reports/index.html                    every report and notebook run: parameters, status, findings, links
+    reports/index.html                    the findings table, then every report and notebook run
 
-SUITE is data: notebook name -> report-sized parameters, chosen so the whole `make report` fits in 10 minutes
-on a 2-core CPU (benchmarks/toy_suite_time.sh measures it). A new notebook joins the suite with one entry.
-A notebook already finished with the same parameters is skipped, so re-running resumes; a failed one keeps its
-executed notebook (with the error cell) and shows as failed in the index.
+SUITE is data: notebook name -> report-sized parameters, chosen so the whole `make report` (quick profile) fits
+in 10 minutes on a 2-core CPU (benchmarks/toy_suite_time.sh measures it). A new notebook joins the suite with one
+entry; FINDINGS_DIR in its parameters becomes the findings folder, so notebooks 10-13 view the findings run
+instead of training again. A notebook already finished with the same parameters is skipped, so re-running
+resumes; a failed one keeps its executed notebook (with the error cell) and shows as failed in the index.
 """
 
 from __future__ import annotations
@@ -20,34 +21,35 @@ from typing import Any
 NOTEBOOKS_DIR = Path(__file__).resolve().parents[2] / "notebooks"
 RUN_KEY = "report"
 
-# Shorter than the notebooks' own defaults (40 steps, 16 problems per level, ...) with the same questions, arms,
-# seeds and off-policy pressure. The whole suite (toy-world report + these) took 277 CPU-seconds on one torch
-# thread with a warm base-policy cache, i.e. about 5 of the 10 minutes; a cold cache adds the ~1 min SFT build.
+FINDINGS_DIR = "{findings_dir}"  # replaced by the findings folder of this suite run
+
+# Notebooks 10-13 view the findings run; the others run report-sized versions of their own defaults.
 SUITE: dict[str, dict[str, Any]] = {
     "00_tour": dict(num_steps=12),
-    "10_kl_removal": dict(num_steps=20, seeds="0,1", eval_per_level=2, eval_samples=4),
-    "11_clipping": dict(num_steps=15, eval_per_level=2, eval_samples=4),
-    "12_solved_vs_never_solved": dict(num_steps=20, train_per_level=4, eval_samples=8),
-    "13_rl_vs_sft_generalization": dict(num_steps=15, train_per_level=8, sft_steps=30, eval_per_level=2,
-                                        eval_samples=4),
+    "10_kl_removal": dict(findings_dir=FINDINGS_DIR),
+    "11_clipping": dict(findings_dir=FINDINGS_DIR),
+    "12_solved_vs_never_solved": dict(findings_dir=FINDINGS_DIR),
+    "13_rl_vs_sft_generalization": dict(findings_dir=FINDINGS_DIR),
     "14_process_rewards": dict(policy_steps=300, label_per_level=10, num_rollouts=8, max_searches=10,
                                rollout_budget=64, prm_epochs=3, test_per_level=4, rl_steps=6, rl_batch=4),
     "20_ratio_explorer": dict(),
 }
 
 
-def build_suite(out: str | Path = "reports", *, notebooks: list[str] | None = None, toy: bool = True,
-                toy_kwargs: dict[str, Any] | None = None, force: bool = False,
+def build_suite(out: str | Path = "reports", *, notebooks: list[str] | None = None, findings: bool = True,
+                profile: str = "quick", workers: int = 2, force: bool = False,
                 suite: dict[str, dict[str, Any]] | None = None, notebooks_dir: str | Path = NOTEBOOKS_DIR,
                 progress: bool = True) -> list[dict[str, Any]]:
-    """Build the toy-world report (unless `toy` is False), run each notebook of `suite` (default SUITE; only
-    `notebooks` if given), write `out/index.html`, print the elapsed time. Returns the notebook runs' statuses.
+    """Run the findings `profile` into out/findings (unless `findings` is False), run each notebook of `suite`
+    (default SUITE; only `notebooks` if given), write `out/index.html`, print the elapsed time. Returns the
+    notebook runs' statuses.
 
     Notebook runs write their run directories inside their own report folder (papermill's cwd).
     """
+    from eureka_kit.workbench.findings_page import findings_page
+    from eureka_kit.workbench.findings_run import run_profile
     from eureka_kit.workbench.report import build_index, write_plotly_js
     from eureka_kit.workbench.sweep import execute_point, is_finished, read_status
-    from eureka_kit.workbench.toy_report import toy_report
 
     suite = SUITE if suite is None else suite
     names = list(suite) if notebooks is None else notebooks
@@ -58,13 +60,18 @@ def build_suite(out: str | Path = "reports", *, notebooks: list[str] | None = No
     out.mkdir(parents=True, exist_ok=True)
     write_plotly_js(out)
     started = time.perf_counter()
-    if toy:
-        toy_report(out / "toy_world", progress=progress, **(toy_kwargs or {}))
+    findings_dir = (out / "findings").resolve()
+    if findings:
+        result = run_profile(profile, findings_dir, work=out.resolve().parent / "runs" / "findings", workers=workers,
+                             progress=progress)
+        page = findings_page(findings_dir, result)
+        print(f"[findings] {page}: " + "; ".join(f"{r['id']} {r['verdict']}" for r in result["findings"]), flush=True)
     results = []
     for i, name in enumerate(names, 1):
         notebook = Path(notebooks_dir) / f"{name}.ipynb"
         run_dir = (out / name / RUN_KEY).resolve()
-        params = json.loads(json.dumps(suite[name]))  # as status.json will hold them
+        params = {k: str(findings_dir) if v == FINDINGS_DIR else v for k, v in suite[name].items()}
+        params = json.loads(json.dumps(params))  # as status.json will hold them
         if not force and is_finished(run_dir) and read_status(run_dir).get("params") == params:
             print(f"[{i}/{len(names)}] {name}: finished earlier with the same parameters, skipped", flush=True)
             results.append({**read_status(run_dir), "skipped": True})
