@@ -22,7 +22,7 @@ def cells(tail: dict[str, list[float]] | None = None, auc: dict[str, list[float]
     for arm, seed in PROFILE.cells():
         i = SEEDS.index(seed)
 
-        def pick(table, default):
+        def pick(table, default, arm=arm, i=i):
             return (table or {}).get(arm, [default] * len(SEEDS))[i]
 
         cell = dict(arm=arm, seed=seed, eval_samples=4, levels=LEVELS,

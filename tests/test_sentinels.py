@@ -14,7 +14,7 @@ from eureka_kit.data import toyworld
 from eureka_kit.engine.loop import train
 from eureka_kit.engine.runs import RunDir, open_run
 from eureka_kit.models import build_toy_model
-from eureka_kit.workbench.report import warnings_html
+from eureka_kit.workbench.pages import warnings_html
 
 SMALL = dict(rollout_batch_size=4, group_size=4, train_batch_size=8, micro_batch_size=8, max_len=12, lr=1e-3)
 

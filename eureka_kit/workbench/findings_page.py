@@ -21,7 +21,7 @@ import plotly.graph_objects as go
 from eureka_kit.engine.runs import RunDir
 from eureka_kit.workbench import evidence, viz
 from eureka_kit.workbench.findings import ARMS, CONTROL, DOSES, PRESSURE
-from eureka_kit.workbench.report import figure_div, html_page, warnings_html, write_plotly_js
+from eureka_kit.workbench.pages import figure_div, html_page, warnings_html, write_plotly_js
 
 VERDICT_COLOURS = {"supports": "#2a7a2a", "contradicts": "#a00", "inconclusive": "#8a6d00",
                    "not testable here": "#555"}

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import html
 import json
-import os
 import re
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ from typing import Any
 import pandas as pd
 import plotly.io as pio
 
-from eureka_kit.engine.runs import RunDir
+from eureka_kit.workbench.pages import html_page, table_html, write_plotly_js
 
 # The folder of one notebook run under reports/<notebook>/<key>/ (written by `sweep`, listed by `build_index`).
 STATUS = "status.json"
@@ -47,73 +46,6 @@ def collect(out: str | Path) -> list[dict[str, Any]]:
 
 
 
-def write_plotly_js(out_dir: Path) -> None:
-    from plotly.offline import get_plotlyjs
-
-    target = out_dir / "plotly.min.js"
-    if not target.exists():
-        target.write_text(get_plotlyjs())
-
-
-def figure_div(fig) -> str:
-    return pio.to_html(fig, include_plotlyjs=False, full_html=False)
-
-
-def html_page(title: str, sections: list[tuple[str, str]]) -> str:
-    """A self-contained page (except ./plotly.min.js): sections are (heading, html body)."""
-    body = "\n".join(f"<section><h2>{html.escape(h)}</h2>\n{b}</section>" for h, b in sections)
-    return f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
-<script src="plotly.min.js"></script>
-<style>body{{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}}
-table{{border-collapse:collapse;font-size:14px}}td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}
-th{{background:#f4f4f4}}section{{margin-bottom:2em}}.warn{{color:#a00}}code{{background:#f4f4f4}}</style>
-</head><body><h1>{html.escape(title)}</h1>\n{body}\n</body></html>"""
-
-
-def _table(df: pd.DataFrame, floatfmt: str = "{:.3g}") -> str:
-    return df.to_html(index=False, float_format=lambda v: floatfmt.format(v), border=0)
-
-
-def warnings_html(run_dirs: dict[str, RunDir], out_dir: Path, per_kind: int = 3) -> str:
-    """Per run: the optimizer steps skipped for NaN/Inf, then a table of its sentinel warnings (warnings.jsonl),
-    each with its step and the offending samples quoted and linked to that step's rollouts parquet. The first
-    `per_kind` warnings of each kind are shown; the rest are counted with their steps."""
-    parts = []
-    for name, run_dir in run_dirs.items():
-        metrics = run_dir.metrics()
-        skipped = metrics[metrics["optim/skipped_steps"] > 0] if "optim/skipped_steps" in metrics else metrics.iloc[:0]
-        total = int(skipped["optim/skipped_steps"].sum()) if len(skipped) else 0
-        where = f" (at RL steps {', '.join(map(str, skipped.step.astype(int)))})" if total else ""
-        parts.append(f"<h3>{html.escape(name)}</h3><p{' class=warn' if total else ''}>{total} optimizer step(s) "
-                     f"skipped for a NaN/Inf loss or gradient{where}.</p>")
-        warnings = run_dir.warnings()
-        if warnings.empty:
-            parts.append("<p>No collapse sentinel fired.</p>")
-            continue
-        rows = []
-        for kind, group in warnings.groupby("kind", sort=False):
-            for w in group.head(per_kind).itertuples():
-                since = f"{w.since_step}–{w.step}" if w.since_step != w.step else str(w.step)
-                rollouts = Path(os.path.relpath(run_dir.path / "rollouts" / f"step_{w.step:06d}.parquet", out_dir))
-                rows.append(f"<tr><td>{html.escape(kind)}</td><td>{since}</td><td>{w.value:.3g}</td>"
-                            f"<td style='text-align:left'>{html.escape(w.message)}</td>"
-                            f"<td style='text-align:left'>{_samples_html(w.samples, rollouts)}</td></tr>")
-            if len(group) > per_kind:
-                later = ", ".join(map(str, group.step.iloc[per_kind:]))
-                rows.append(f"<tr><td>{html.escape(kind)}</td><td colspan=4 style='text-align:left'>"
-                            f"{len(group) - per_kind} more at steps {later}</td></tr>")
-        parts.append("<table><tr><th>sentinel</th><th>step(s)</th><th>value</th><th>why</th>"
-                     "<th>offending samples (row of the step's rollouts parquet)</th></tr>" + "".join(rows) + "</table>")
-    return "".join(parts)
-
-
-def _samples_html(samples: list[dict], rollouts: Path) -> str:
-    items = [f'<li><a href="{html.escape(rollouts.as_posix())}">sample {s["sample"]}</a>: reward {s["reward"]:.3g}, '
-             f'max log-ratio {s["max_log_ratio"]:+.3g} at <code>{html.escape(repr(s["token"]))}</code>, '
-             f'{s["length"]} tokens: <q>{html.escape(s["completion"][:160])}</q></li>' for s in samples]
-    return f"<ul>{''.join(items)}</ul>" if items else "none in this step's rollouts"
-
-
 # ---------------------------------------------------------------------------------------------
 # Notebook runs: one offline page per executed notebook, and reports/index.html over everything.
 
@@ -133,7 +65,6 @@ def write_report(executed: Path, out: Path, *, plotly_js: str = "plotly.min.js",
     """Offline nbconvert HTML: plotly mime bundles become <div>s that load `plotly_js`, widgets
     a note, and nothing is loaded from the network."""
     import nbformat
-    import plotly.io as pio
     from jinja2 import DictLoader
     from nbconvert import HTMLExporter
     from nbconvert.preprocessors import Preprocessor
@@ -245,5 +176,5 @@ def _linked_report(page: Path) -> tuple[str, str]:
     body = f'<p><a href="{html.escape(page.parent.name)}/index.html">open the report</a></p>'
     summary = page.parent / "summary.json"
     if summary.exists():
-        body += _table(pd.DataFrame(json.loads(summary.read_text())))
+        body += table_html(pd.DataFrame(json.loads(summary.read_text())))
     return (html.unescape(title.group(1)) if title else page.parent.name, body)
