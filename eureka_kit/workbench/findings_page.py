@@ -173,15 +173,16 @@ def _dose_table(rows: list[dict[str, Any]]) -> str:
     return df[["preset", "dose", "n", "mean [95% CI]"]].to_html(index=False, border=0)
 
 
-def findings_page(out: str | Path, result: dict[str, Any] | None = None, *, reference: str | Path = REFERENCE,
-                  charts: bool = True) -> Path:
-    """Write `out/index.html` for `result` (default: out/findings.json). Returns the page's path. `charts=False`
-    gives a small tables-only page without plotly (the committed reference page)."""
+def findings_page(out: str | Path, result: dict[str, Any] | None = None, *,
+                  reference: str | Path | None = REFERENCE, charts: bool = True) -> Path:
+    """Write `out/index.html` for `result` (default: out/findings.json), its findings beside the `reference` run's
+    (None: none). Returns the page's path. `charts=False` gives a small tables-only page without plotly (the
+    committed reference page)."""
     out = Path(out)
     result = result or load(out / "findings.json")
     if result is None:
         raise FileNotFoundError(f"{out / 'findings.json'}: run `eureka-kit report` (or findings_run.run_profile) first")
-    ref = load(reference)
+    ref = load(reference) if reference else None
     prof = result["profile"]
     records = result["findings"]
     sections = [("Findings", findings_table_html(records, ref["findings"] if ref and ref is not result else None)

@@ -65,6 +65,11 @@ def build_suite(out: str | Path = "reports", *, notebooks: list[str] | None = No
         result = run_profile(profile, findings_dir, work=out.resolve().parent / "runs" / "findings", workers=workers,
                              progress=progress)
         page = findings_page(findings_dir, result)
+        if profile == "full":  # the reference run: findings.json and a small tables-only page, to commit
+            reference = out / "reference"
+            reference.mkdir(parents=True, exist_ok=True)
+            (reference / "findings.json").write_text(json.dumps(result, indent=1, default=float))
+            findings_page(reference, result, charts=False, reference=None)
         print(f"[findings] {page}: " + "; ".join(f"{r['id']} {r['verdict']}" for r in result["findings"]), flush=True)
     results = []
     for i, name in enumerate(names, 1):
