@@ -207,7 +207,7 @@ def bucket_lifts(base: dict, after_successes: list[int], after_samples: int) -> 
     never-taught level out of the buckets, bucket "untaught"). Buckets picked by a noisy sample regress to the
     mean, so the never bucket "lifts" even with no training: compare with `after` = the base re-sampled."""
     out = {}
-    for name in ("sometimes", "never", "always"):
+    for name in ("sometimes", "never", "always", "untaught"):
         idx = [i for i, b in enumerate(base["buckets"]) if b == name]
         if not idx:
             out[name] = math.nan

@@ -7,9 +7,9 @@
     <work>/<profile>/<arm>/seed<k>/  the cells' run directories (metrics, rollouts) - outside reports/
 
 A cell is a pure function of (arm, seed, profile sizes, package version), so a cell file whose key matches is
-reused and an interrupted run resumes. Cells run in `workers` processes with one torch thread each: at this
-model size a step is dispatch-bound, so two single-threaded processes on two cores do about twice the work of
-one two-threaded process (benchmarks/RESULTS.md).
+reused and an interrupted run resumes. Cells run in `workers` processes sharing the cores' torch threads: at
+this model size a step is mostly dispatch-bound, so two single-threaded processes on two cores beat one
+two-threaded process (`benchmarks/findings_workers.py`, numbers in benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -151,13 +151,14 @@ def _sft_cell(policy, tok, seed: int, profile: Profile, run_dir: Path) -> dict[s
     return out
 
 
-def run_cell(arm: str, seed: int, profile: Profile, out: str, work: str) -> dict[str, Any]:
-    """Measure one (arm, seed) cell and write `<out>/cells/<arm>/seed<seed>.json`; returns the cell."""
+def run_cell(arm: str, seed: int, profile: Profile, out: str, work: str, threads: int = 1) -> dict[str, Any]:
+    """Measure one (arm, seed) cell with `threads` torch threads and write `<out>/cells/<arm>/seed<seed>.json`;
+    returns the cell."""
     import torch
 
     from eureka_kit.engine.base_policy import load_policy
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(threads)
     policy, tok = load_policy("toy", seed=0)  # one base for every seed: the seeds vary data, sampling, training
     run_dir = Path(work) / profile.name / arm / f"seed{seed}"
     started = time.perf_counter()
@@ -197,18 +198,19 @@ def run_profile(profile: str | Profile = "quick", out: str | Path = "reports/fin
     build_base_policy(seed=0)  # built once here, not raced by the workers
     cells = read_cells(out, prof)
     todo = [c for c in prof.cells() if c not in cells]
+    threads = max(1, (os.cpu_count() or 1) // max(1, workers))
     bar = tqdm(total=len(prof.cells()), initial=len(cells), desc=f"findings ({prof.name})", disable=not progress,
                ncols=100)
     if todo and workers > 1:
         with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-            futures = {pool.submit(run_cell, a, s, prof, str(out), str(work)): (a, s) for a, s in todo}
+            futures = {pool.submit(run_cell, a, s, prof, str(out), str(work), threads): (a, s) for a, s in todo}
             for fut in as_completed(futures):
                 cells[futures[fut]] = fut.result()
                 bar.set_postfix_str(f"{futures[fut][0]} seed {futures[fut][1]}")
                 bar.update()
     else:
         for a, s in todo:
-            cells[(a, s)] = run_cell(a, s, prof, str(out), str(work))
+            cells[(a, s)] = run_cell(a, s, prof, str(out), str(work), threads)
             bar.update()
     bar.close()
     result = summarize(cells, prof)
