@@ -3,8 +3,8 @@ effects, instrument requirements that turn a finding into "not testable here", t
 findings.json; and one real (tiny) profile run through the worker processes."""
 
 import json
-import re
 import math
+import re
 
 import pytest
 from scipy import stats
@@ -95,7 +95,8 @@ def test_profiles_meet_the_seed_counts_and_cells_run_costliest_first():
     assert set(F.PROFILES["full"].doses) == set(F.DOSES)
     quick = F.PROFILES["quick"].cells()
     assert {a for a, _ in quick} >= {f for rec in F.FINDINGS for f in rec.better + rec.worse}
-    doses = [F.ARMS[a].dose for a, _ in quick]
+    assert [a for a, _ in quick[:3]] == [F.CONTROL] * 3  # the longest cells first, so no worker idles at the end
+    doses = [F.ARMS[a].dose for a, _ in quick[3:]]
     assert doses == sorted(doses, reverse=True)
 
 
@@ -127,9 +128,9 @@ def test_summary_page_and_table(tmp_path):
 @pytest.mark.slow
 def test_a_tiny_profile_runs_in_two_worker_processes_and_resumes(tmp_path):
     prof = F.Profile("tiny", seeds=(0, 1), num_steps=2, doses=(1, 8), eval_per_level=1, ood_per_level=1,
-                     bucket_samples=2, eval_samples=2, curve_points=1)
+                     bucket_samples=2, eval_samples=2, curve_points=1, control_steps=2)
     result = R.run_profile(prof, tmp_path / "f", work=tmp_path / "w", workers=2, progress=False)
-    assert result["provenance"]["cells_run"] == len(prof.cells()) == 18
+    assert result["provenance"]["cells_run"] == len(prof.cells()) == 20
     assert (tmp_path / "f" / "findings.json").exists()
     for rec in result["findings"]:
         assert rec["seeds"] == [0, 1] and len(rec["per_seed_effect"]) == 2

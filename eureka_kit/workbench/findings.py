@@ -42,17 +42,24 @@ PRESSURE = 8
 # least harmful was lr 2e-5 for 10 steps (0.432 vs base 0.435).
 SFT_SETTINGS = dict(lr=2e-5, num_steps=10, warmup_steps=2, max_len=48, reward_timeout=2.0)
 
-# The control arm: on-policy CPGD (the seed paper's method without off-policy pressure).
-CONTROL = f"cpgd@{1}"
+# The control arm: on-policy CPGD with the recipe that lifted greedy accuracy by +10 to +17 points in 10 minutes
+# (benchmarks/RESULTS.md, 2026-11-28/29): 32 prompts x 8 responses, groups that are all right or all wrong
+# filtered out and refilled, one optimizer step of 256 responses per rollout, lr 2e-4, levels 0-4. With the
+# pressure arms' 8 x 8 batches, on-policy RL did not lift in 60-400 steps at any lr tried (reports/LOG.md).
+CONTROL = "control"
+CONTROL_SETTINGS = dict(rollout_batch_size=32, group_size=8, online_filter=True, train_batch_size=256,
+                        micro_batch_size=128, lr=2e-4, max_len=48, train_levels=(0, 1, 2, 3, 4), train_per_level=3000,
+                        skip_zero_variance=3, reward_timeout=2.0)
 
 
 @dataclass(frozen=True)
 class Arm:
-    """One arm: `kind` base | rl | sft; RL arms name a preset and a dose (key of DOSES)."""
+    """One arm: `kind` base | rl | sft; RL arms name a preset and a dose (key of DOSES), or the control recipe."""
 
     kind: str
     preset: str = ""
     dose: int = 1
+    recipe: str = ""  # "control": CONTROL_SETTINGS for Profile.control_steps steps instead of a dose
 
 
 def rl_arm(preset: str, dose: int) -> str:
@@ -61,6 +68,7 @@ def rl_arm(preset: str, dose: int) -> str:
 
 ARMS: dict[str, Arm] = {
     "base": Arm("base"),
+    CONTROL: Arm("rl", "cpgd", 1, "control"),
     "sft": Arm("sft", "sft"),
     **{rl_arm(p, d): Arm("rl", p, d) for p in ("grpo", "cpgd") for d in DOSES},
     **{rl_arm(p, PRESSURE): Arm("rl", p, PRESSURE) for p in ("pg", "pgd", "cpg")},
@@ -135,17 +143,20 @@ class Profile:
     ood_per_level: int = 8
     curve_points: int = 2
     arms: tuple[str, ...] = field(default=())
+    control_steps: int = 40
 
     def cells(self) -> list[tuple[str, int]]:
-        """(arm, seed) for every cell this profile runs, the costliest (highest dose) first."""
-        arms = self.arms or tuple(a for a, spec in ARMS.items() if spec.kind != "rl" or spec.dose in self.doses)
-        return sorted(((a, s) for a in arms for s in self.seeds), key=lambda c: (-ARMS[c[0]].dose, c[0], c[1]))
+        """(arm, seed) for every cell this profile runs, the costliest (the control, then the highest dose) first."""
+        arms = self.arms or tuple(a for a, spec in ARMS.items()
+                                  if spec.kind != "rl" or spec.recipe or spec.dose in self.doses)
+        return sorted(((a, s) for a in arms for s in self.seeds),
+                      key=lambda c: (c[0] != CONTROL, -ARMS[c[0]].dose, c[0], c[1]))
 
 
 PROFILES: dict[str, Profile] = {
-    "quick": Profile("quick", seeds=(0, 1, 2), num_steps=40, doses=(1, 8)),
+    "quick": Profile("quick", seeds=(0, 1, 2), num_steps=40, doses=(1, 8), control_steps=40),
     "full": Profile("full", seeds=(0, 1, 2, 3, 4), num_steps=100, doses=(1, 2, 4, 8), eval_per_level=32,
-                    ood_per_level=16, curve_points=4),
+                    ood_per_level=16, curve_points=4, control_steps=120),
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -307,4 +318,4 @@ def finding_table(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def profile_dict(profile: Profile) -> dict[str, Any]:
     return {**asdict(profile), "rl_settings": RL_SETTINGS, "doses": {d: DOSES[d] for d in profile.doses},
-            "sft_settings": SFT_SETTINGS, "control": CONTROL}
+            "sft_settings": SFT_SETTINGS, "control": CONTROL, "control_settings": CONTROL_SETTINGS}

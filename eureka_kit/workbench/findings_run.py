@@ -31,6 +31,8 @@ from tqdm import tqdm
 from eureka_kit.version import __version__
 from eureka_kit.workbench.findings import (
     ARMS,
+    CONTROL,
+    CONTROL_SETTINGS,
     DOSES,
     PROFILES,
     RL_SETTINGS,
@@ -48,9 +50,13 @@ BUCKET_STREAM, EVAL_STREAM = 10_000, 20_000
 
 
 def cell_key(arm: str, seed: int, profile: Profile) -> str:
-    sizes = {k: v for k, v in asdict(profile).items() if k not in ("name", "seeds", "doses", "arms")}
-    spec = dict(arm=asdict(ARMS[arm]), seed=seed, sizes=sizes, rl=RL_SETTINGS, sft=SFT_SETTINGS,
-                dose=DOSES.get(ARMS[arm].dose), version=__version__)
+    """What a cell's measurements depend on (the control's recipe only enters the control's key)."""
+    spec_arm = {k: v for k, v in asdict(ARMS[arm]).items() if k != "recipe" or v}
+    control = arm == CONTROL
+    sizes = {k: v for k, v in asdict(profile).items()
+             if k not in ("name", "seeds", "doses", "arms") and (k != "control_steps" or control)}
+    spec = dict(arm=spec_arm, seed=seed, sizes=sizes, rl=RL_SETTINGS, sft=SFT_SETTINGS,
+                dose=DOSES.get(ARMS[arm].dose), version=__version__, **({"control": CONTROL_SETTINGS} if control else {}))
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -107,12 +113,15 @@ def _rl_cell(policy, tok, arm: str, seed: int, profile: Profile, run_dir: Path) 
     from eureka_kit.engine.loop import train
 
     spec = ARMS[arm]
-    minibatches, epochs = DOSES[spec.dose]
-    batch = RL_SETTINGS["rollout_batch_size"] * RL_SETTINGS["group_size"]
-    every = max(1, profile.num_steps // profile.curve_points)
-    cfg = RunConfig.from_preset(spec.preset, seed=seed, run_dir=str(run_dir), num_steps=profile.num_steps,
-                                train_batch_size=batch // minibatches, micro_batch_size=batch // minibatches,
-                                update_epochs=epochs, save_every=every, **RL_SETTINGS)
+    if spec.recipe == "control":
+        steps, settings = profile.control_steps, dict(CONTROL_SETTINGS)
+    else:
+        minibatches, epochs = DOSES[spec.dose]
+        batch = RL_SETTINGS["rollout_batch_size"] * RL_SETTINGS["group_size"]
+        steps, settings = profile.num_steps, dict(RL_SETTINGS, train_batch_size=batch // minibatches,
+                                                  micro_batch_size=batch // minibatches, update_epochs=epochs)
+    cfg = RunConfig.from_preset(spec.preset, seed=seed, run_dir=str(run_dir), num_steps=steps,
+                                save_every=max(1, steps // profile.curve_points), **settings)
     started = time.perf_counter()
     run = train(cfg, policy=copy.deepcopy(policy), processor=tok, progress=False)
     train_s = time.perf_counter() - started
@@ -125,7 +134,7 @@ def _rl_cell(policy, tok, arm: str, seed: int, profile: Profile, run_dir: Path) 
         if step < profile.num_steps:
             load_weights(probe, ckpt)
             curve.append((step, _measure(probe, tok, cfg, seed, profile, ood=False)["math_accuracy"]))
-    curve.append((profile.num_steps, out["math_accuracy"]))
+    curve.append((steps, out["math_accuracy"]))
     for ckpt in run.dir.checkpoints():  # weights are not needed past this point; keep the metrics and rollouts
         for f in ckpt.iterdir():
             f.unlink()
