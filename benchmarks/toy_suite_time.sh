@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Wall time of the README main job: the report suite, `eureka-kit report` with its defaults (the toy-world
-# report: presets grpo,grpo_kl,cpgd, 40 steps, 8 eval samples; then every notebook in eureka_kit/workbench/suite.py SUITE
-# under papermill; then the index). `make report` runs `eureka-kit selfcheck` (seconds) and this.
+# Wall time of the README main job: the report suite, `eureka-kit report` with its defaults (the findings, quick
+# profile: every cell in two worker processes; then every notebook in eureka_kit/workbench/suite.py SUITE under
+# papermill; then the index). `make report` runs `eureka-kit selfcheck` (seconds) and this.
 # Target: <= 10 minutes on 2 cores.
 #
 #   bash benchmarks/toy_suite_time.sh [--dry-run] [--out DIR] [extra eureka-kit report args...]

@@ -109,10 +109,10 @@ def _is_progress_bar(widget_state: dict, model_id: str | None) -> bool:
 
 
 def build_index(out: str | Path = "reports") -> Path:
-    """Write `out/index.html`: every standalone report under `out` (a folder with its own index.html, such as
-    toy_world/, with its summary.json as a table), then one row per notebook run: parameters, status, seconds,
-    the computed "what this shows" text, and a link to its report, or for a failed run its error and its executed
-    notebook (kept with the error cell)."""
+    """Write `out/index.html`: the findings table (`_findings_sections`), every standalone report under `out` (a
+    folder with its own index.html, such as findings/, with its summary.json as a table, if any), then one row per
+    notebook run: parameters, status, seconds, the computed "what this shows" text, and a link to its report, or
+    for a failed run its error and its executed notebook (kept with the error cell)."""
     import mistune
 
 
