@@ -5,8 +5,6 @@ import json
 import re
 from pathlib import Path
 
-import pandas as pd
-import plotly.graph_objects as go
 import pytest
 from nbfactory import write_notebook
 
@@ -175,3 +173,19 @@ def test_every_suite_notebook_is_found_where_the_suite_looks_for_it():
     assert NOTEBOOKS_DIR == repo_notebooks
     assert all((NOTEBOOKS_DIR / f"{name}.ipynb").is_file() for name in SUITE), sorted(SUITE)
 
+
+
+def test_long_findings_are_cut_after_a_whole_sentence(tmp_path):
+    import nbformat
+
+    from eureka_kit.workbench.sweep import findings_text
+
+    text = " ".join(f"Sentence {i} says something measured." for i in range(100))
+    book = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(
+        "x", outputs=[nbformat.v4.new_output("display_data", data={"text/markdown": text})])])
+    path = tmp_path / "nb.ipynb"
+    nbformat.write(book, path)
+    short = findings_text(path, max_chars=200)
+    kept = short.split("\n\n(continued")[0]
+    assert kept.endswith("measured.") and len(kept) <= 200 and "(continued in the report)" in short
+    assert findings_text(path, max_chars=10_000) == text

@@ -222,7 +222,9 @@ def test_report_lists_each_warning_with_its_step_and_quotes_the_samples(tmp_path
     grpo, cpgd = page.split("<h3>cpgd</h3>")
     assert "2 optimizer step(s) skipped for a NaN/Inf loss or gradient (at RL steps 7)" in grpo
     assert "<td>ratio_tail</td><td>7</td><td>20</td>" in grpo and "<td>nonfinite_steps</td><td>7</td>" in grpo
-    assert '<a href="runs/grpo/rollouts/step_000007.parquet">sample 2</a>: reward 0, max log-ratio +3' in grpo
+    # samples as table rows (row, reward, token, log-ratio, ...), the rollouts file named but not a download link
+    assert "<tr><td>2</td><td>0</td><td><code>&#x27;t2_0&#x27;</code></td><td>+3</td>" in grpo
+    assert "<code>runs/grpo/rollouts/step_000007.parquet</code>" in grpo and ".parquet\">" not in grpo
     assert "<q>&lt;think&gt;3 &lt; 4&lt;/think&gt;</q>" in grpo  # completions are quoted, escaped
     assert grpo.count("<td>ratio_tail</td>") == 4 and "3 more at steps 10, 11, 12" in grpo
     assert "0 optimizer step(s) skipped" in cpgd and "No collapse sentinel fired" in cpgd

@@ -75,7 +75,13 @@ def warnings_html(run_dirs: dict[str, RunDir], out_dir: Path, per_kind: int = 3)
 
 
 def _samples_html(samples: list[dict], rollouts: Path) -> str:
-    items = [f'<li><a href="{html.escape(rollouts.as_posix())}">sample {s["sample"]}</a>: reward {s["reward"]:.3g}, '
-             f'max log-ratio {s["max_log_ratio"]:+.3g} at <code>{html.escape(repr(s["token"]))}</code>, '
-             f'{s["length"]} tokens: <q>{html.escape(s["completion"][:160])}</q></li>' for s in samples]
-    return f"<ul>{''.join(items)}</ul>" if items else "none in this step's rollouts"
+    """The offending samples as a small table (row of the step's rollouts, reward, the token with the largest
+    |log ratio| and its value, length, the completion); the rollouts file is named, not linked."""
+    if not samples:
+        return "none in this step's rollouts"
+    rows = "".join(f"<tr><td>{s['sample']}</td><td>{s['reward']:.3g}</td><td><code>{html.escape(repr(s['token']))}"
+                   f"</code></td><td>{s['max_log_ratio']:+.3g}</td><td>{s['length']}</td>"
+                   f"<td style='text-align:left'><q>{html.escape(s['completion'][:160])}</q></td></tr>"
+                   for s in samples)
+    return (f"<table><tr><th>row</th><th>reward</th><th>token</th><th>log-ratio</th><th>tokens</th><th>completion</th>"
+            f"</tr>{rows}</table><small>rows of <code>{html.escape(rollouts.as_posix())}</code></small>")

@@ -129,8 +129,9 @@ def notebook_errors(path: Path) -> list[str]:
     return problems
 
 
-def findings_text(path: Path, max_chars: int = 600) -> str:
-    """The notebook's computed 'What this shows' markdown (its last markdown output), shortened."""
+def findings_text(path: Path, max_chars: int = 2000) -> str:
+    """The notebook's computed 'What this shows' markdown (its last markdown output); a text longer than
+    `max_chars` is cut after its last whole sentence or line that fits, never mid-sentence."""
     import nbformat
 
     book = nbformat.read(path, as_version=4)
@@ -139,7 +140,11 @@ def findings_text(path: Path, max_chars: int = 600) -> str:
             text = out.get("data", {}).get("text/markdown")
             if text:
                 text = "".join(text) if isinstance(text, list) else text
-                return text if len(text) <= max_chars else text[:max_chars] + "…"
+                if len(text) <= max_chars:
+                    return text
+                head = text[:max_chars]
+                cut = max(head.rfind(". "), head.rfind(".\n"), head.rfind("\n"))
+                return (head[:cut + 1] if cut > 0 else head) + "\n\n(continued in the report)"
     return ""
 
 

@@ -65,6 +65,8 @@ def training_curves(histories: dict[str, pd.DataFrame], keys: dict[str, str] | N
                                      line=dict(color=color)), row=r, col=c)
         if key == "policy/ratio_max":
             fig.update_yaxes(type="log", row=r, col=c)
+        fig.update_xaxes(title_text="RL step", row=r, col=c)
+        fig.update_yaxes(title_text=keys[key], row=r, col=c)
     fig.update_layout(height=280 * rows, margin=dict(t=40, b=30, l=40, r=20), legend=dict(orientation="h", y=1.04))
     return fig
 
@@ -108,7 +110,8 @@ def problem_matrix(problems: pd.DataFrame, max_problems: int = 80) -> go.Figure:
     table = table.loc[table.mean(axis=1).sort_values().index]
     fig = go.Figure(go.Heatmap(z=table.values, x=table.columns, y=table.index, colorscale="Viridis", zmin=0, zmax=1,
                                colorbar=dict(title="success")))
-    fig.update_layout(height=max(300, 8 * len(table)), xaxis_title="step", margin=dict(t=30, b=30))
+    fig.update_layout(height=max(300, 8 * len(table)), xaxis_title="RL step", yaxis_title="problem",
+                      margin=dict(t=30, b=30))
     return fig
 
 
@@ -119,6 +122,7 @@ def ratio_histogram(rollouts: pd.DataFrame, *, log: bool = True) -> go.Figure:
         rows = rollouts[(rollouts.advantage * sign) > 0]
         values = [n - o for _, r in rows.iterrows() for n, o in zip(r.new_logp, r.old_logp, strict=True)]
         fig.add_histogram(x=values, name=name, marker_color=color, opacity=0.6, nbinsx=60)
-    fig.update_layout(barmode="overlay", xaxis_title="log ratio (new - old)", yaxis_type="log" if log else None,
+    fig.update_layout(barmode="overlay", xaxis_title="log ratio (new - old)", yaxis_title="tokens",
+                      yaxis_type="log" if log else None,
                       height=320, margin=dict(t=30, b=30))
     return fig
