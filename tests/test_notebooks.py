@@ -198,12 +198,11 @@ def test_marimo_app_passes_marimo_check():
 SMALL_RL = dict(num_steps=2, rollout_batch_size=2, group_size=4, minibatches=1, update_epochs=2, max_len=24)
 SMALLEST = {
     "00_tour": SMALL_RL,
-    "10_kl_removal": {**SMALL_RL, "arms": "grpo,grpo_kl,cpgd", "seeds": "0,1", "eval_per_level": 1, "eval_samples": 2,
-                      "num_steps": 1},
-    "11_clipping": {**SMALL_RL, "eval_per_level": 1, "eval_samples": 2, "num_steps": 1},
-    "12_solved_vs_never_solved": {**SMALL_RL, "train_per_level": 1, "eval_samples": 2},
-    "13_rl_vs_sft_generalization": {**SMALL_RL, "train_per_level": 1, "sft_steps": 2, "sft_batch_size": 4,
-                                    "eval_per_level": 1, "eval_samples": 2},
+    # notebooks 10-13 view a findings run: the test passes `findings_dir` (the `tiny_findings` fixture)
+    "10_kl_removal": dict(workers=1),
+    "11_clipping": dict(workers=1),
+    "12_solved_vs_never_solved": dict(workers=1),
+    "13_rl_vs_sft_generalization": dict(workers=1),
     "14_process_rewards": dict(policy_steps=2, label_levels="1", label_per_level=2, num_rollouts=2, max_searches=1,
                                rollout_budget=4, max_len=24, prm_epochs=1, test_per_level=1, bon_n=2, rl_steps=1,
                                rl_batch=1),
@@ -231,49 +230,128 @@ def _findings_00_tour(text: str, params: dict) -> None:
     assert list(ratios) == list(clip) and ratios[peak[2]] == min(ratios.values())
 
 
+# Notebooks 10-13 view one finding of a findings run each: their text must carry the run's own record (verdict,
+# sentence, reason) and secondary sentences whose numbers are re-derived here from the cells through `evidence`.
+FINDING_OF = {"10_kl_removal": "stability", "11_clipping": "clipping", "12_solved_vs_never_solved": "solved_vs_never",
+              "13_rl_vs_sft_generalization": "rl_vs_sft"}
+TINY_SEEDS = (0, 1)
+
+
+def _findings_run(params: dict, finding: str, text: str) -> tuple[dict, dict, dict]:
+    """(findings.json, this finding's record, cells) of the run the notebook read; checks the pre-declared line."""
+    from eureka_kit.workbench.findings_run import load_cells
+
+    folder = Path(params["findings_dir"])
+    result = json.loads((folder / "findings.json").read_text())
+    record = next(r for r in result["findings"] if r["id"] == finding)
+    line = _find(r"^- Pre-declared, verdict \*\*(.+?)\*\*: (.*)$", text, re.M)
+    assert line[1] == record["verdict"], line[0]
+    assert line[2].startswith(record["sentence"]) and f"{len(TINY_SEEDS)} seeds" in record["sentence"], line[0]
+    if record.get("reason"):
+        assert line[2].endswith(f"**Not testable here:** {record['reason']}"), line[0]
+    return result, record, load_cells(folder)
+
+
+def _judged_line(text: str, claim: str, effects: dict, *, unit: str = "pp", scale: float = 100.0) -> float:
+    """The notebook's sentence for `claim` states evidence's mean, CI, seed count and verdict of `effects`
+    ({seed: value}, reported as value * scale); returns the stated mean."""
+    from eureka_kit.workbench import evidence
+
+    u = rf"(?: {unit})?" if unit else ""
+    m = _find(rf"^- {re.escape(claim)}: {NUM}{u} \(95% CI {NUM}{u} to {NUM}{u}, (\d+) seeds\) — ([\w ]+)\.$", text, re.M)
+    j = evidence.judge({s: round(scale * v, 9) for s, v in effects.items()})
+    for stated, value in zip(m.groups()[:3], (j.effect, j.ci_low, j.ci_high), strict=True):
+        assert float(stated) == pytest.approx(value, rel=5e-3, abs=1e-6), (m[0], j)
+    assert int(m[4]) == j.n == len(TINY_SEEDS) and m[5] == j.verdict, (m[0], j)
+    return float(m[1])
+
+
+def _values(cells: dict, arm: str, key: str) -> dict:
+    return {s: cells[(arm, s)][key] for s in TINY_SEEDS}
+
+
+def _diff(cells: dict, a: str, b: str, key: str) -> dict:
+    return {s: cells[(a, s)][key] - cells[(b, s)][key] for s in TINY_SEEDS}
+
+
 def _findings_10_kl_removal(text: str, params: dict) -> None:
-    lines = re.findall(r"^- (test accuracy|peak ratio|entropy): (.*)$", text, re.M)
-    pairs = [("grpo", "grpo_kl")] * 3 + [("cpgd", "grpo")] * 3
-    assert [what for what, _ in lines] == ["test accuracy", "peak ratio", "entropy"] * 2
-    for (_, line), (a, b) in zip(lines, pairs, strict=True):
-        m = re.match(rf"{a} {NUM} (?:is (higher|lower) than|vs) {b} {NUM}", line)
-        assert m, line
-        assert m[2] != "higher" or float(m[1]) >= float(m[3])
-        assert m[2] != "lower" or float(m[1]) <= float(m[3])
+    _, record, cells = _findings_run(params, "stability", text)
+    for d in (1, 8):
+        tail = _judged_line(text, f"CPGD has a smaller ratio tail share than GRPO at dose {d} (GRPO minus CPGD)",
+                            _diff(cells, f"grpo@{d}", f"cpgd@{d}", "ratio_tail_share"))
+        _judged_line(text, f"CPGD has a lower median max token ratio than GRPO at dose {d} (GRPO minus CPGD)",
+                     _diff(cells, f"grpo@{d}", f"cpgd@{d}", "ratio_max_median"), unit="", scale=1.0)
+        _judged_line(text, f"CPGD ends with a higher math test accuracy than GRPO at dose {d} (CPGD minus GRPO)",
+                     _diff(cells, f"cpgd@{d}", f"grpo@{d}", "math_accuracy"))
+        if d == 8:  # the pre-declared effect, re-derived from the cells
+            assert tail == pytest.approx(record["effect"], rel=5e-3, abs=1e-6)
+    for preset in ("grpo", "cpgd"):
+        _judged_line(text, f"{preset}'s ratio tail share grows with the dose (dose 8 minus dose 1)",
+                     _diff(cells, f"{preset}@8", f"{preset}@1", "ratio_tail_share"))
 
 
 def _findings_11_clipping(text: str, params: dict) -> None:
-    clip = {arm: (float(lo), float(hi)) for arm, lo, hi in re.findall(
-        rf"^- (\w+): clipped {NUM}% of tokens on the low side and {NUM}% on the high side", text, re.M)}
-    assert list(clip) == ["pg", "cpg", "grpo", "grpo_dual_clip", "cpgd", "pgd"]
-    assert clip["pg"] == clip["pgd"] == (0, 0)  # no clip in the pg surrogate
-    tail = _find(rf"Widest ratio tail \(peak ratio\): \*\*(\w+)\*\* \({NUM}\); narrowest: \*\*(\w+)\*\* \({NUM}\)",
-                 text)
-    assert tail[1] in clip and tail[3] in clip and float(tail[2]) >= float(tail[4])
-    drift = _find(r"per update epoch \(drift from the sampling policy\): (.*)\.$", text, re.M)[1]
-    assert [len(part.split(" -> ")) for part in drift.split("; ")] == [params["update_epochs"]] * len(clip)
+    _, record, cells = _findings_run(params, "clipping", text)
+
+    def side(arms, key):
+        return {s: sum(cells[(a, s)][key] for a in arms) / len(arms) for s in TINY_SEEDS}
+
+    clipped, unclipped = ("cpg@8", "cpgd@8"), ("pg@8", "pgd@8")
+    auc = {s: side(clipped, "math_auc")[s] - side(unclipped, "math_auc")[s] for s in TINY_SEEDS}
+    stated = _judged_line(text, "Clipped minus unclipped math AUC, paired by seed (the finding's effect, from the cells)",
+                          auc)
+    assert stated == pytest.approx(record["effect"], rel=5e-3, abs=1e-6)
+    _judged_line(text, "Clipped arms end with a higher math test accuracy than unclipped ones (clipped minus unclipped)",
+                 {s: side(clipped, "math_accuracy")[s] - side(unclipped, "math_accuracy")[s] for s in TINY_SEEDS})
+    for c, u in zip(clipped, unclipped, strict=True):
+        _judged_line(text, f"Adding the clip raises the math AUC ({c} minus {u})", _diff(cells, c, u, "math_auc"))
 
 
 def _findings_12_solved_vs_never_solved(text: str, params: dict) -> None:
-    rows = re.findall(rf"^- (never solved|sometimes \(<50%\)|mostly \(>=50%\)) by the base \(\d+ problems\): success "
-                      rf"rate {NUM}% → {NUM}% \(lift {NUM}%\); (\d+) learned, (\d+) forgotten\.$", text, re.M)
-    assert rows, text
-    for bucket, base, after, lift, learned, forgotten in rows:
-        base, after, lift = float(base), float(after), float(lift)
-        assert abs(after - base - lift) <= 0.15 + 1e-9  # three numbers rounded to 0.1%
-        # the buckets are the base's success rate (0, below 50%, from 50%); a problem the base never solved
-        # cannot be forgotten, one it solved cannot be learned
-        if bucket == "never solved":
-            assert base == 0 and forgotten == "0"
-        else:
-            assert learned == "0" and (0 < base <= 50 if bucket.startswith("sometimes") else base >= 50)
+    from eureka_kit.workbench.findings import CONTROL, bucket_lifts
+
+    _, record, cells = _findings_run(params, "solved_vs_never", text)
+    sizes = {b: sum(cells[("base", s)]["buckets"].count(b) for s in TINY_SEEDS)
+             for b in ("sometimes", "never", "always", "untaught")}
+    _find(rf"Problems pooled over 2 seeds: sometimes {sizes['sometimes']}, never {sizes['never']}, always "
+          rf"{sizes['always']}; the never-taught level \({sizes['untaught']} problems\)", text)
+    gaps = {}
+    for who, arm in (("rl", CONTROL), ("resampled", "base")):
+        gaps[who] = {}
+        for s in TINY_SEEDS:
+            after = cells[(arm, s)]
+            lifts = bucket_lifts(cells[("base", s)], after["per_problem_successes"], after["eval_samples"])
+            gaps[who][s] = lifts["sometimes"] - lifts["never"]
+    _judged_line(text, f"{CONTROL} lifts sometimes-solved problems more than never-solved ones (lift gap, sometimes "
+                       "minus never)", gaps["rl"])
+    stated = _judged_line(text, "RL's gap exceeds the re-sampled base's (the finding's effect, from the cells)",
+                          {s: gaps["rl"][s] - gaps["resampled"][s] for s in TINY_SEEDS})
+    assert stated == pytest.approx(record["effect"], rel=5e-3, abs=1e-6)
+
+    def untaught(arm, s):  # success rate on the never-taught level's problems
+        idx = [i for i, b in enumerate(cells[("base", s)]["buckets"]) if b == "untaught"]
+        cell = cells[(arm, s)]
+        return sum(cell["per_problem_successes"][i] for i in idx) / (len(idx) * cell["eval_samples"])
+
+    # both lifts start from the same bucket sample, so RL minus re-sampled is the control's rate minus the base's
+    _judged_line(text, f"{CONTROL} lifts the never-taught level beyond re-sampling (RL minus re-sampled)",
+                 {s: untaught(CONTROL, s) - untaught("base", s) for s in TINY_SEEDS})
 
 
 def _findings_13_rl_vs_sft_generalization(text: str, params: dict) -> None:
-    ood = {name: float(v) for name, _, v in re.findall(
-        rf"^- (rl|cot_sft|answer_sft): math {NUM}%, out-of-domain {NUM}%", text, re.M)}
-    assert list(ood) == ["rl", "cot_sft", "answer_sft"]
-    assert ood[_find(r"Largest out-of-domain gain: \*\*(\w+)\*\*", text)[1]] == max(ood.values())
+    from eureka_kit.workbench.findings import CONTROL, SFT_SETTINGS
+
+    result, record, cells = _findings_run(params, "rl_vs_sft", text)
+    stated = _judged_line(text, f"RL ({CONTROL}) reaches a higher out-of-domain accuracy than SFT (RL minus SFT, "
+                                "out-of-domain)", _diff(cells, CONTROL, "sft", "ood_accuracy"))
+    assert stated == pytest.approx(record["effect"], rel=5e-3, abs=1e-6)
+    _judged_line(text, f"RL ({CONTROL}) reaches a higher in-domain accuracy than SFT (RL minus SFT, math)",
+                 _diff(cells, CONTROL, "sft", "math_accuracy"))
+    _judged_line(text, "SFT raises in-domain accuracy over the base (SFT minus base, math)",
+                 _diff(cells, "sft", "base", "math_accuracy"))
+    assert result["profile"]["sft_settings"] == SFT_SETTINGS
+    _find(rf"SFT settings come from `findings.SFT_SETTINGS` \(lr {SFT_SETTINGS['lr']:g}, {SFT_SETTINGS['num_steps']} "
+          r"steps\), tuned on a validation split", text)
 
 
 def _findings_14_process_rewards(text: str, params: dict) -> None:
@@ -297,17 +375,53 @@ FINDINGS = {"00_tour": _findings_00_tour, "10_kl_removal": _findings_10_kl_remov
             "14_process_rewards": _findings_14_process_rewards, "20_ratio_explorer": _findings_20_ratio_explorer}
 
 
+@pytest.fixture(scope="module")
+def tiny_findings(tmp_path_factory) -> Path:
+    """A tiny findings run (every arm, 2 seeds, 3 steps, the control's too), built once for the notebooks that
+    view it (10-13)."""
+    import torch
+
+    from eureka_kit.workbench.findings import Profile
+    from eureka_kit.workbench.findings_run import run_profile
+
+    tmp = tmp_path_factory.mktemp("findings")
+    threads = torch.get_num_threads()  # workers=1 runs the cells here, and a cell sets one torch thread
+    try:
+        run_profile(Profile("tiny", seeds=TINY_SEEDS, num_steps=3, doses=(1, 8), eval_per_level=2, ood_per_level=2,
+                            bucket_samples=4, curve_points=1, control_steps=3),
+                    out=tmp / "findings", work=tmp / "work", workers=1, progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    return tmp / "findings"
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(SMALLEST))
-def test_notebook_executes_with_smallest_parameters(name, tmp_path):
+def test_notebook_executes_with_smallest_parameters(name, tmp_path, request):
+    params = {**SMALLEST[name], "run_root": str(tmp_path / "runs")}
+    if name in FINDING_OF:  # a view of a findings run: it must not train
+        params["findings_dir"] = str(request.getfixturevalue("tiny_findings"))
     t0 = time.perf_counter()
     out = tmp_path / f"{name}.ipynb"
-    pm.execute_notebook(str(ROOT / "notebooks" / f"{name}.ipynb"), str(out),
-                        parameters={**SMALLEST[name], "run_root": str(tmp_path / "runs")}, kernel_name="python3",
+    pm.execute_notebook(str(ROOT / "notebooks" / f"{name}.ipynb"), str(out), parameters=params, kernel_name="python3",
                         progress_bar=False, cwd=str(tmp_path))
     assert not sweep.notebook_errors(out)
-    FINDINGS[name](sweep.findings_text(out, max_chars=100_000), SMALLEST[name])
+    FINDINGS[name](sweep.findings_text(out, max_chars=100_000), params)
+    if name in FINDING_OF:
+        assert not (tmp_path / "runs").exists(), "a findings notebook given findings_dir trained something"
     print(f"{name}: {time.perf_counter() - t0:.1f} s")
+
+
+@pytest.mark.parametrize(("name", "bad", "message"), [
+    ("10_kl_removal", {"profile": "huge"}, r"parameter 'profile': must be one of quick, full, got 'huge'"),
+    ("12_solved_vs_never_solved", {"findings_dir": "/nonexistent/findings"},
+     r"parameter 'findings_dir': must be None or an existing local folder"),
+], ids=["profile", "findings_dir"])
+def test_findings_notebooks_reject_bad_parameters(name, bad, message, tmp_path):
+    with pytest.raises(pm.PapermillExecutionError, match=message):
+        pm.execute_notebook(str(ROOT / "notebooks" / f"{name}.ipynb"), str(tmp_path / "out.ipynb"),
+                            parameters={**bad, "run_root": str(tmp_path / "runs")}, kernel_name="python3",
+                            progress_bar=False, cwd=str(tmp_path))
 
 
 def test_ray_executor_against_a_local_ray(tmp_path):

@@ -226,70 +226,241 @@ W.show_markdown("\\n".join(lines))
 '''),
 ]
 
+# Notebooks 10-13 are views of one finding each (`eureka_kit.workbench.findings`): they read the cells of a
+# finished findings run (the report suite passes `findings_dir`) or run/resume a profile themselves, and never
+# train anything of their own. Every sentence is an `evidence` sentence over seeds.
+FINDINGS_PARAMS = '''findings_dir: str = ""  # a finished findings run (findings.json, cells/); empty: run `profile`
+profile: str = "quick"  # profile run (or resumed) when findings_dir is empty: quick or full
+run_root: str = "runs/findings_notebooks"  # where that run goes, a folder per profile (shared by notebooks 10-13)
+workers: int = 2  # worker processes for that run
+progress: bool = False  # console progress bars'''
+
+
+def findings_imports(*, runs: bool = False, page: str = "effects_figure, findings_table_html") -> str:
+    """The import and validation cell of a findings notebook (imports in ruff's isort order)."""
+    return f'''import math
+from pathlib import Path
+
+import pandas as pd
+import plotly.graph_objects as go
+from IPython.display import HTML, display
+{"" if not runs else chr(10) + "from eureka_kit.engine.runs import RunDir"}
+from eureka_kit.workbench import arms as W
+from eureka_kit.workbench import evidence, viz
+from eureka_kit.workbench import findings as F
+from eureka_kit.workbench import notebook_params as P
+from eureka_kit.workbench.findings_page import {page}
+from eureka_kit.workbench.findings_run import load_or_run
+
+params = P.validate(
+    dict(findings_dir=findings_dir, profile=profile, run_root=run_root, workers=workers, progress=progress),
+    findings_dir=P.optional_dir, profile=P.choice(F.PROFILES), run_root=P.output_dir, workers=P.positive_int,
+    progress=P.boolean)
+if params["findings_dir"] and not (Path(params["findings_dir"]) / "findings.json").exists():
+    raise P.NotebookParameterError(f"parameter 'findings_dir': no findings.json in {{findings_dir!r}} (pass a "
+                                   "finished findings run such as reports/findings, or '' to run `profile`)")
+params'''
+
+
+def findings_load(finding: str) -> str:
+    """Load (or run) the findings; pick this notebook's record."""
+    return f'''
+result, cells, folder = load_or_run(params["findings_dir"] or "", profile=profile, out=Path(run_root) / profile,
+                                    workers=workers, progress=progress)
+seeds = list(result["profile"]["seeds"])
+record = next(r for r in result["findings"] if r["id"] == "{finding}")
+finding = F.FINDINGS_BY_ID[record["id"]]
+CI = "mean [95% CI]" if len(seeds) > 1 else "mean (1 seed: no CI)"
+print(f"{{folder}}: profile {{result['profile']['name']}}, seeds {{seeds}}, {{len(cells)}} cells")
+'''
+
+
+FINDINGS_HELPERS = '''
+# Helpers shared by notebooks 10-13: cell measurements -> per-seed values -> evidence (mean, 95% CI, verdict).
+def per_seed(arm, key):
+    """{seed: value} of one cell measurement, over the profile's seeds that have it."""
+    return {s: float(cells[(arm, s)][key]) for s in seeds if cells.get((arm, s), {}).get(key) is not None}
+
+
+def paired(a, b):
+    """{seed: a - b} over the seeds both {seed: value} dicts hold (a difference paired by seed)."""
+    return {s: a[s] - b[s] for s in a if s in b}
+
+
+def fmt(iv, unit="%"):
+    """An evidence.Interval of fractions as 'mean [95% CI]': '%' percent, 'pp' signed points, '' as is."""
+    def one(x):
+        return f"{100 * x:.1f}%" if unit == "%" else f"{100 * x:+.1f} pp" if unit == "pp" else f"{x:.3g}"
+    return one(iv.mean) + ("" if math.isnan(iv.low) else f" [{one(iv.low)}, {one(iv.high)}]")
+
+
+def arm_table(arms, keys):
+    """Per arm: seeds and, per cell key {key: (label, unit)}, the mean [95% CI] over seeds ('—': not measured)."""
+    rows = []
+    for arm in arms:
+        row = {"arm": arm, "seeds": sum((arm, s) in cells for s in seeds)}
+        for key, (label, unit) in keys.items():
+            values = per_seed(arm, key)
+            row[f"{label}, {CI}"] = fmt(evidence.mean_ci(list(values.values())), unit) if values else "—"
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def judged(effects, claim, unit="pp", scale=100.0):
+    """evidence's sentence for claim-oriented per-seed effects {seed: x}, reported as x * scale (fractions -> pp;
+    rounded to 1e-9 so float residue of equal values reads as 0, not as 3e-15)."""
+    if not effects:
+        return f"{claim}: not measured (no seed holds both sides)."
+    return evidence.sentence(evidence.judge({s: round(scale * v, 9) for s, v in effects.items()}), claim, unit)
+
+
+def error_bars(ivs):
+    """plotly error_y arguments for 95% intervals (no bar where one seed gives no interval)."""
+    return dict(type="data", symmetric=False, array=[0 if math.isnan(iv.high) else iv.high - iv.mean for iv in ivs],
+                arrayminus=[0 if math.isnan(iv.low) else iv.mean - iv.low for iv in ivs])
+
+
+def points_figure(data, *, xaxis, yaxis, tickformat=None, zero=False, title=""):
+    """{series: {category: {seed: value}}}: every seed a dot, the mean over seeds a diamond with its 95% CI."""
+    cats = list(dict.fromkeys(c for by_cat in data.values() for c, v in by_cat.items() if v))
+    fig, width = go.Figure(), 0.6 / max(1, len(data))
+    for i, (name, by_cat) in enumerate(data.items()):
+        colour, shift = viz.PALETTE[i % len(viz.PALETTE)], (i - (len(data) - 1) / 2) * width
+        x = [j + shift for j, c in enumerate(cats) if by_cat.get(c)]
+        values = [by_cat[c] for c in cats if by_cat.get(c)]
+        ivs = [evidence.mean_ci(list(v.values())) for v in values]
+        fig.add_scatter(x=[xj for xj, v in zip(x, values, strict=True) for _ in v],
+                        y=[y for v in values for y in v.values()], text=[f"seed {s}" for v in values for s in v],
+                        mode="markers", legendgroup=name, showlegend=False, hovertemplate="%{text}: %{y}<extra></extra>",
+                        marker=dict(color=colour, size=8, opacity=0.45))
+        fig.add_scatter(x=x, y=[iv.mean for iv in ivs], mode="markers", name=f"{name} (mean, 95% CI)",
+                        legendgroup=name, error_y=error_bars(ivs), marker=dict(color=colour, symbol="diamond", size=13))
+    if zero:
+        fig.add_hline(y=0, line_dash="dash", line_color="#888")
+    fig.update_layout(title=title, height=400, margin=dict(t=60, b=50), legend=dict(orientation="h", y=-0.2),
+                      xaxis=dict(title=xaxis, tickvals=list(range(len(cats))), ticktext=cats),
+                      yaxis=dict(title=yaxis, tickformat=tickformat))
+    return fig
+'''
+
+RUN_HELPERS = '''
+
+def run_metrics(arm, seed):
+    """metrics.jsonl of one trained cell's run directory (empty when that folder is not on this machine)."""
+    run_dir = cells.get((arm, seed), {}).get("run_dir")
+    if not run_dir or not (Path(run_dir) / "metrics.jsonl").exists():
+        return pd.DataFrame()
+    return RunDir(Path(run_dir)).metrics()
+
+
+def curves_figure(hist, keys, title):
+    """viz.training_curves (one line per arm) with axis titles on every panel."""
+    fig = viz.training_curves(hist, keys, smooth_window=1)
+    shown = [label for key, label in keys.items() if any(key in h for h in hist.values())]
+    for i, label in enumerate(shown):
+        fig.update_xaxes(title_text="RL step", row=i // 2 + 1, col=i % 2 + 1)
+        fig.update_yaxes(title_text=label, row=i // 2 + 1, col=i % 2 + 1)
+    fig.update_layout(title=title, margin=dict(t=90))
+    return fig
+'''
+
+FINDING_ROW = '''
+display(HTML(findings_table_html([record])))
+W.show_markdown(f"**{record['id']}**, verdict **{record['verdict']}** — {record['sentence']}"
+                + (f"\\n\\n**Not testable here:** {record['reason']}" if record.get("reason") else ""))
+'''
+
+EFFECTS = '''
+effects_figure([record])  # each seed's claim-oriented effect (dots), the mean with its 95% CI (diamond)
+'''
+
+INSTRUMENT = '''
+# The instrument requirements this finding needs, checked on the verdict seeds' own cells (findings.json)
+pd.DataFrame([{"requirement": r, "status": "met" if result["instrument"][r]["ok"] else "NOT met",
+               "measured": result["instrument"][r]["detail"]} for r in finding.requires])
+'''
+
+PREDECLARED = '''f"- Pre-declared, verdict **{record['verdict']}**: {record['sentence']}"
+             + (f" **Not testable here:** {record['reason']}" if record.get("reason") else "")'''
+
+
+def header(what: str) -> str:
+    """The first lines of a findings notebook's "what this shows" cell: the profile, then the pre-declared test."""
+    first = 'f"**What this shows** (profile `{result[\'profile\'][\'name\']}`, {len(seeds)} seeds; "'
+    parts = [first] + ([f'"{what}"'] if what else [])
+    parts.append('"each effect is the mean over seeds with its 95% Student-t interval, from `evidence`):"')
+    return "lines = [" + "\n         ".join(parts) + "]\n" + f"lines.append({PREDECLARED})"
+
+
 # =============================================================================================
 KL = [
     ("md", r"""
-# 10 — Removing the reference KL: GRPO vs GRPO + KL vs CPGD
+# 10 — Removing the reference KL: GRPO without KL vs CPGD under off-policy pressure
 
-Question: when the reference-KL term is removed (as most recent recipes do), does GRPO drift — growing
-ratio tails, collapsing entropy, changing response length — and does CPGD's drift term hold it? Each arm
-runs for several seeds; curves show the mean and a min–max band over seeds.
+Finding `stability` (`eureka_kit.workbench.findings`): with several optimizer steps per rollout batch (the
+off-policy *dose*), does GRPO without a KL term grow policy-ratio tails that CPGD (clipped log-ratio plus a
+drift term) keeps bounded? The pre-declared metric is the *ratio tail share*: the share of response tokens with
+$|\log r| > \log 2$, averaged over steps and update epochs — never a single token's maximum. Every (arm, seed)
+cell was trained by the findings run (`findings_run`); this notebook only reads the cells. Effects are
+claim-oriented (positive = the paper's direction), mean over seeds with a 95% interval.
 """),
-    ("params", params('arms: str = "grpo,grpo_kl,cpgd"  # presets to compare\nseeds: str = "0,1"  # RL seeds per arm (sampling, data order)\nbase_seed: int = 0  # seed of the base policy every arm starts from\n'
-                      'eval_per_level: int = 4  # test problems per level (math) for the final accuracy\n'
-                      'eval_samples: int = 4  # samples per test problem')),
-    ("code", IMPORTS + "\nfrom eureka_kit.config import PRESETS\n\n"
-     + validate("arms=arms, seeds=seeds, base_seed=base_seed, eval_per_level=eval_per_level, eval_samples=eval_samples",
-                "arms=P.choices(PRESETS), seeds=P.int_list, base_seed=P.non_negative_int, eval_per_level=P.positive_int, "
-                "eval_samples=P.positive_int")),
+    ("params", FINDINGS_PARAMS),
+    ("code", findings_imports(runs=True, page="dose_figure, effects_figure, findings_table_html")),
+    ("code", findings_load("stability")),
+    ("code", FINDINGS_HELPERS + RUN_HELPERS),
+    ("code", FINDING_ROW),
+    ("code", EFFECTS),
+    ("md", "## Dose-response: GRPO (no KL) vs CPGD, mean over seeds with 95% CI bands"),
     ("code", '''
-arms, seeds = params["arms"], params["seeds"]
-root = W.run_root(run_root, "10_kl_removal")
-base, tok = W.load_base(model, seed=base_seed)
-tests = W.problems_by_subject("test", ["math"], per_level=eval_per_level, seed=base_seed)
-runs, evals = {}, {}
-for seed in seeds:
-    for arm in arms:
-        cfg = RunConfig.from_preset(arm, seed=seed, run_dir=str(root / f"{arm}-seed{seed}"), **settings)
-        run = W.train_arm(cfg, base, tok, progress=progress)
-        runs[f"{arm}/{seed}"] = run
-        evals[f"{arm}/{seed}"] = W.evaluate_on(run.policy, tok, cfg, tests, num_samples=eval_samples, seed=seed)[1]
-        run.policy = None  # free memory; everything else is in the run directory
-hist = W.histories(runs)
+dose_figure(result["dose_response"]["ratio_tail_share"], title="share of tokens with |log r| > log 2", percent=True)
 '''),
     ("code", '''
-viz.training_curves(hist, {"reward/accuracy": "accuracy (train samples)", "reward/mean": "reward",
-                           "policy/ratio_max": "max token ratio (log)", "policy/ratio_p99_9": "99.9% ratio quantile",
-                           "rollout/len_mean": "response length", "policy/entropy": "entropy",
-                           "kl/ref_k3": "KL to reference (k3, grpo_kl only)", "policy/approx_kl": "drift KL(old||new)"})
+dose_figure(result["dose_response"]["math_accuracy"], title="math test accuracy after training", percent=True)
 '''),
     ("code", '''
-for name, summary in evals.items():
-    hist[name]["eval/accuracy"] = float(summary.set_index("subject").loc["math", "accuracy"])
-keys = {"eval/accuracy": "test accuracy", "reward/accuracy": "train accuracy", "policy/ratio_max": "peak ratio",
-        "policy/entropy": "entropy", "rollout/len_mean": "length"}
-table = W.arm_table(hist, keys)
-table
+doses = sorted(int(d) for d in result["profile"]["doses"])
+pairs = {d: (F.rl_arm("grpo", d), F.rl_arm("cpgd", d)) for d in doses}
+arm_table(["base"] + [a for d in doses for a in pairs[d]],
+          {"ratio_tail_share": ("tokens |log r| > log 2", "%"),
+           "ratio_max_median": ("median over steps of the max token ratio", ""),
+           "math_accuracy": ("math test accuracy", "%")})
 '''),
     ("code", '''
-W.bar_with_errors(table, "test accuracy", title="final test accuracy on math (mean ± sd over seeds)", percent=True)
+points_figure({name: {f"dose {d}": per_seed(pairs[d][i], "ratio_tail_share") for d in doses}
+               for i, name in enumerate(("GRPO (no KL)", "CPGD"))},
+              xaxis="off-policy dose (optimizer steps per rollout batch)",
+              yaxis="share of tokens with |log r| > log 2", tickformat=".1%",
+              title="ratio tail share per seed (dots) and mean with 95% CI (diamonds)")
+'''),
+    ("md", "## Training curves of the first seed (one seed, descriptive: no sentence below rests on them)"),
+    ("code", '''
+seed = seeds[0]
+hist = {a: m for d in doses for a in pairs[d] if len(m := run_metrics(a, seed))}
+keys = {"policy/ratio_tail_frac": "share of tokens |log r| > log 2", "policy/ratio_max": "max token ratio (log)",
+        "reward/accuracy": "train accuracy (sampled)", "policy/entropy": "entropy (nats/token)"}
+(curves_figure(hist, keys, f"seed {seed} only: one seed, descriptive") if hist
+ else W.show_markdown("The cells' run directories are not on this machine: no training curves."))
 '''),
     ("code", '''
-# What this shows (computed)
-t = table.set_index("arm")
-lines = [f"**What this shows** ({len(seeds)} seed(s), {settings['num_steps']} steps, "
-         f"{settings['update_epochs']} epoch(s) x {params['minibatches']} minibatch(es) per rollout):"]
-def sd(a, b, col):
-    vals = [t.loc[x, col + " sd"] for x in (a, b) if x in t.index]
-    vals = [v for v in vals if v == v]
-    return max(vals) if vals else None
-pairs = [("grpo", "grpo_kl"), ("cpgd", "grpo")]
-for a, b in pairs:
-    if a in t.index and b in t.index:
-        for col in ("test accuracy", "peak ratio", "entropy"):
-            lines.append("- " + W.compare(a, t.loc[a, col], b, t.loc[b, col], sd=sd(a, b, col), what=col))
-if len(seeds) < 2:
-    lines.append("- Only one seed: no error bars, so no difference above can be called significant.")
+# What this shows (computed: evidence sentences over seeds)
+''' + header("dose = optimizer steps per rollout batch; ") + '''
+for d in doses:
+    grpo, cpgd = pairs[d]
+    lines.append("- " + judged(paired(per_seed(grpo, "ratio_tail_share"), per_seed(cpgd, "ratio_tail_share")),
+                               f"CPGD has a smaller ratio tail share than GRPO at dose {d} (GRPO minus CPGD)"))
+    lines.append("- " + judged(paired(per_seed(grpo, "ratio_max_median"), per_seed(cpgd, "ratio_max_median")),
+                               f"CPGD has a lower median max token ratio than GRPO at dose {d} (GRPO minus CPGD)",
+                               unit="", scale=1.0))
+    lines.append("- " + judged(paired(per_seed(cpgd, "math_accuracy"), per_seed(grpo, "math_accuracy")),
+                               f"CPGD ends with a higher math test accuracy than GRPO at dose {d} (CPGD minus GRPO)"))
+if len(doses) > 1:
+    low, high = doses[0], doses[-1]
+    for preset in ("grpo", "cpgd"):
+        lines.append("- " + judged(paired(per_seed(F.rl_arm(preset, high), "ratio_tail_share"),
+                                          per_seed(F.rl_arm(preset, low), "ratio_tail_share")),
+                                   f"{preset}'s ratio tail share grows with the dose (dose {high} minus dose {low})"))
+lines.append("- Only the first line is the pre-declared test; the others are secondary comparisons, and the "
+             "training curves above are one seed, descriptive.")
 W.show_markdown("\\n".join(lines))
 '''),
 ]
@@ -297,84 +468,85 @@ W.show_markdown("\\n".join(lines))
 # =============================================================================================
 CLIP = [
     ("md", r"""
-# 11 — Clipping: none vs ratio clip vs dual-clip vs log-ratio clip
+# 11 — Clipping: PG and PGD (no clip) vs CPG and CPGD (clipped), under off-policy pressure
 
-Arms: `pg` (no clip), `cpg` (CPGD's log-ratio clip), `grpo` (PPO ratio clip), `grpo_dual_clip` (PPO clip plus a
-cap for $A<0$), `cpgd` (log-ratio clip + drift), `pgd` (no clip + drift). Same seed, same base policy, same
-off-policy pressure. We look at the distribution of per-token ratios the learner actually saw, clip
-fractions by side, stability and accuracy.
-
-The first two figures pool every token at the *last* update epoch of each step; the third splits the tokens by
-update epoch (the run directory keeps the learner's log-probs of every epoch), so one sees how far each further
-pass over the same rollout drifts from the sampling policy.
+Finding `clipping` (CPGD paper, Table 2 ablations): at the pressure dose (several optimizer steps per rollout
+batch), do the unclipped objectives degrade where the clipped ones hold? The pre-declared metric is the *math
+AUC*: the mean math test accuracy over the evaluated checkpoints (the base at step 0 included), so an arm that
+rises and then collapses is not judged by its last point alone. The effect is, per seed, the mean of the
+clipped arms minus the mean of the unclipped ones; this notebook reads the findings run's cells.
 """),
-    ("params", params('arms: str = "pg,cpg,grpo,grpo_dual_clip,cpgd,pgd"  # presets\nseed: int = 0\n'
-                      'eval_per_level: int = 4  # test problems per level (math)\neval_samples: int = 4',
-                      update_epochs=3)),
-    ("code", IMPORTS + "\nfrom eureka_kit.config import PRESETS\n\n"
-     + validate("arms=arms, seed=seed, eval_per_level=eval_per_level, eval_samples=eval_samples",
-                "arms=P.choices(PRESETS), seed=P.non_negative_int, eval_per_level=P.positive_int, eval_samples=P.positive_int")),
+    ("params", FINDINGS_PARAMS),
+    ("code", findings_imports(runs=True)),
+    ("code", findings_load("clipping")),
+    ("code", FINDINGS_HELPERS + RUN_HELPERS),
+    ("code", FINDING_ROW),
+    ("code", EFFECTS),
     ("code", '''
-arms = params["arms"]
-root = W.run_root(run_root, "11_clipping")
-base, tok = W.load_base(model, seed=seed)
-tests = W.problems_by_subject("test", ["math"], per_level=eval_per_level, seed=seed)
-runs, evals = {}, {}
+clipped, unclipped = list(record["better"]), list(record["worse"])  # (cpg, cpgd) and (pg, pgd) at the pressure dose
+arms = unclipped + clipped
+arm_table(["base"] + arms, {"math_auc": ("math AUC (mean test accuracy over checkpoints)", "%"),
+                            "math_accuracy": ("final math test accuracy", "%"),
+                            "ratio_tail_share": ("tokens |log r| > log 2", "%")})
+'''),
+    ("code", '''
+points_figure({"math AUC": {a: per_seed(a, "math_auc") for a in ["base"] + arms},
+               "final accuracy": {a: per_seed(a, "math_accuracy") for a in ["base"] + arms}},
+              xaxis="arm (base: no training, its AUC is its accuracy)", yaxis="math test accuracy", tickformat=".0%",
+              title="per seed (dots) and mean with 95% CI (diamonds)")
+'''),
+    ("code", '''
+fig = go.Figure()
+for i, arm in enumerate(arms):
+    by_step = {}
+    for s in seeds:
+        for step, acc in cells.get((arm, s), {}).get("curve", []):
+            by_step.setdefault(int(step), {})[s] = acc
+    ivs = [evidence.mean_ci(list(by_step[t].values())) for t in sorted(by_step)]
+    fig.add_scatter(x=sorted(by_step), y=[iv.mean for iv in ivs], mode="lines+markers", name=arm,
+                    line=dict(color=viz.PALETTE[i % len(viz.PALETTE)]), error_y=error_bars(ivs))
+base = per_seed("base", "math_accuracy")
+if base:
+    fig.add_hline(y=evidence.mean_ci(list(base.values())).mean, line_dash="dot", line_color="#555",
+                  annotation_text=f"base policy {fmt(evidence.mean_ci(list(base.values())))}")
+fig.update_layout(title=f"math test accuracy at the evaluated checkpoints ({CI} over seeds)", height=380,
+                  xaxis_title="RL step", yaxis=dict(title="math test accuracy", tickformat=".0%"))
+fig
+'''),
+    ("code", '''
+# Clip fractions the learner saw (run directories' metrics: mean over steps per seed, then over seeds)
+rows = []
 for arm in arms:
-    cfg = RunConfig.from_preset(arm, seed=seed, run_dir=str(root / arm), **settings)
-    runs[arm] = W.train_arm(cfg, base, tok, progress=progress)
-    evals[arm] = W.evaluate_on(runs[arm].policy, tok, cfg, tests, num_samples=eval_samples, seed=seed)[1]
-    runs[arm].policy = None
-hist = W.histories(runs)
-ratios = {arm: W.token_log_ratios(run.dir) for arm, run in runs.items()}
+    runs = [m for s in seeds if len(m := run_metrics(arm, s))]
+    row = {"arm": arm, "seeds with a run directory": len(runs)}
+    for key, label in (("policy/clipfrac_low", "tokens clipped, low side"),
+                       ("policy/clipfrac_high", "tokens clipped, high side")):
+        values = [float(m[key].mean()) for m in runs if key in m]
+        row[f"{label}, {CI}"] = fmt(evidence.mean_ci(values)) if values else "—"
+    rows.append(row)
+pd.DataFrame(rows)
 '''),
     ("code", '''
-W.log_ratio_histograms(ratios)
-'''),
-    ("code", '''
-W.log_ratio_histograms(ratios, ratio=True)
-'''),
-    ("code", '''
-W.log_ratio_by_epoch({arm: W.token_log_ratios(run.dir, by_epoch=True) for arm, run in runs.items()})
-'''),
-    ("code", '''
-for arm, s in evals.items():
-    hist[arm]["eval/accuracy"] = float(s.set_index("subject").loc["math", "accuracy"])
-table = W.arm_table(hist, {"policy/clipfrac_low": "clip low", "policy/clipfrac_high": "clip high",
-                           "policy/ratio_max": "peak ratio", "policy/ratio_tail_frac": "tail frac (r>2 or r<1/2)",
-                           "optim/grad_norm": "grad norm", "reward/accuracy": "train accuracy",
-                           "eval/accuracy": "test accuracy"})
-table["|log-ratio| p99"] = [ratios[a].log_ratio.abs().quantile(0.99) if len(ratios[a]) else float("nan") for a in table.arm]
-table
-'''),
-    ("code", '''
-W.clip_sides_figure(table)
-'''),
-    ("code", '''
-viz.training_curves(hist, {"policy/ratio_max": "max token ratio (log)", "policy/clipfrac_low": "clip frac, low side",
-                           "policy/clipfrac_high": "clip frac, high side", "optim/grad_norm": "grad norm",
-                           "reward/accuracy": "accuracy (train samples)", "policy/entropy": "entropy"})
-'''),
-    ("code", '''
-# What this shows (computed)
-t = table.set_index("arm")
-lines = [f"**What this shows** (seed {seed}, {settings['num_steps']} steps, {settings['update_epochs']} epochs):"]
-lines.append(f"- Widest ratio tail (peak ratio): **{t['peak ratio'].idxmax()}** ({t['peak ratio'].max():.3g}); "
-             f"narrowest: **{t['peak ratio'].idxmin()}** ({t['peak ratio'].min():.3g}).")
-for arm in t.index:
-    lines.append(f"- {arm}: clipped {t.loc[arm, 'clip low']:.2%} of tokens on the low side and "
-                 f"{t.loc[arm, 'clip high']:.2%} on the high side; test accuracy {W.fmt_pct(t.loc[arm, 'test accuracy'])}.")
-if {"pg", "cpg"} <= set(t.index):
-    lines.append("- " + W.compare("cpg", t.loc["cpg", "peak ratio"], "pg", t.loc["pg", "peak ratio"],
-                                   what="adding the log-ratio clip, peak ratio", higher_is="higher"))
-if {"grpo", "cpg"} <= set(t.index):
-    lines.append("- " + W.compare("cpg", t.loc["cpg", "test accuracy"], "grpo", t.loc["grpo", "test accuracy"],
-                                   what="log-ratio clip vs ratio clip, test accuracy"))
-drift = {arm: W.token_log_ratios(run.dir, by_epoch=True).assign(a=lambda d: d.log_ratio.abs()).groupby("epoch").a.mean()
-         for arm, run in runs.items()}
-lines.append("- Mean |log-ratio| per update epoch (drift from the sampling policy): " + "; ".join(
-    f"{arm} " + " -> ".join(f"{v:.3f}" for v in d.tolist()) for arm, d in drift.items()) + ".")
-lines.append("- One seed only: treat differences of a few points as noise.")
+# What this shows (computed: evidence sentences over seeds)
+def side(arms_, key):
+    """{seed: mean over arms_ of a cell measurement}, over the seeds where every arm has it."""
+    values = [per_seed(a, key) for a in arms_]
+    return {s: sum(v[s] for v in values) / len(values) for s in seeds if all(s in v for v in values)}
+
+
+''' + header("") + '''
+lines.append("- " + judged(paired(side(clipped, "math_auc"), side(unclipped, "math_auc")),
+                           "Clipped minus unclipped math AUC, paired by seed (the finding's effect, from the cells)"))
+lines.append("- " + judged(paired(side(clipped, "math_accuracy"), side(unclipped, "math_accuracy")),
+                           "Clipped arms end with a higher math test accuracy than unclipped ones "
+                           "(clipped minus unclipped)"))
+for c, u in zip(clipped, unclipped, strict=True):
+    lines.append("- " + judged(paired(per_seed(c, "math_auc"), per_seed(u, "math_auc")),
+                               f"Adding the clip raises the math AUC ({c} minus {u})"))
+lines.append("- " + judged(paired(side(unclipped, "ratio_tail_share"), side(clipped, "ratio_tail_share")),
+                           "Clipped arms have a smaller ratio tail share than unclipped ones "
+                           "(unclipped minus clipped)"))
+lines.append("- Only the first line is the pre-declared test; the others are secondary comparisons.")
 W.show_markdown("\\n".join(lines))
 '''),
 ]
@@ -382,68 +554,82 @@ W.show_markdown("\\n".join(lines))
 # =============================================================================================
 SOLVED = [
     ("md", r"""
-# 12 — Which problems does RL lift? Solved vs never-solved
+# 12 — Which problems does RL lift? Solved vs never-solved, against regression to the mean
 
-We measure the base policy's pass@k on a fixed set of math training problems, RL-train on exactly those
-problems, and measure again. If RL mostly sharpens what the base model can already sample, the lift
-concentrates on problems the base *sometimes* solved, and problems it *never* solved stay unsolved.
+Finding `solved_vs_never` (MM-Eureka's data filtering): RL lifts problems the base policy *sometimes* solves,
+not those it *never* solves. Per seed, the base's own bucket sample (K samples per math test problem) puts each
+problem in a bucket: `never` (0 of K), `sometimes`, `always` (K of K). The lift of a bucket is the success rate
+on a fresh sample minus the rate in that bucket sample. Buckets chosen by a noisy sample regress to the mean
+— the `never` bucket "lifts" even without training — so the control is the base **re-sampled**, and the
+finding's effect is the RL control arm's (sometimes − never) gap minus the re-sampled base's. The never-taught
+top level is left out of the buckets and reported apart. This notebook reads the findings run's cells.
 """),
-    ("params", params('preset: str = "cpgd"  # RL algorithm\nseed: int = 0\n'
-                      'train_per_level: int = 8  # training problems per difficulty level\n'
-                      'eval_samples: int = 8  # samples per problem for pass@k', num_steps=30,
-                      lr=1e-4, update_epochs=1, minibatches=1)),  # on-policy: the toy base collapses under pressure
-    ("code", IMPORTS + "\nfrom eureka_kit.config import PRESETS\nfrom eureka_kit.engine import evaluate\n\n"
-     + validate("preset=preset, seed=seed, train_per_level=train_per_level, eval_samples=eval_samples",
-                "preset=P.choice(PRESETS), seed=P.non_negative_int, train_per_level=P.positive_int, eval_samples=P.positive_int")),
+    ("params", FINDINGS_PARAMS),
+    ("code", findings_imports()),
+    ("code", findings_load("solved_vs_never")),
+    ("code", FINDINGS_HELPERS),
+    ("code", FINDING_ROW),
+    ("code", EFFECTS),
+    ("code", INSTRUMENT),
     ("code", '''
-root = W.run_root(run_root, "12_solved_vs_never_solved")
-base, tok = W.load_base(model, seed=seed)
-cfg = RunConfig.from_preset(preset, seed=seed, run_dir=str(root / preset), **settings)
-train_problems = W.problems_by_subject("train", ["math"], per_level=train_per_level, seed=seed, cfg=cfg)
-base_pp, base_summary = W.evaluate_on(base, tok, cfg, train_problems, num_samples=eval_samples, seed=seed)
-run = W.train_arm(cfg, base, tok, problems=train_problems["math"], progress=progress)
-after_pp, after_summary = W.evaluate_on(run.policy, tok, cfg, train_problems, num_samples=eval_samples, seed=seed)
-pd.concat([base_summary.assign(model="base"), after_summary.assign(model=preset)])
+BUCKETS = ("sometimes", "never", "always")  # and "untaught": the never-taught level, reported apart
+WHO = {f"{F.CONTROL} (RL)": F.CONTROL, "base re-sampled (no training)": "base"}  # whose fresh sample is compared
+lifts = {who: {b: {} for b in (*BUCKETS, "untaught")} for who in WHO}
+sizes, trials, hits = ({b: 0 for b in (*BUCKETS, "untaught")} for _ in range(3))
+for s in seeds:
+    base = cells.get(("base", s))
+    if base is None:
+        continue
+    for b, k in zip(base["buckets"], base["bucket_successes"], strict=True):
+        sizes[b], trials[b], hits[b] = sizes[b] + 1, trials[b] + base["bucket_samples"], hits[b] + k
+    for who, arm in WHO.items():
+        if (arm, s) in cells:
+            after = cells[(arm, s)]
+            for b, lift in F.bucket_lifts(base, after["per_problem_successes"], after["eval_samples"]).items():
+                if b in lifts[who] and not math.isnan(lift):
+                    lifts[who][b][s] = lift
+rl, resampled = list(WHO)
+
+
+def bucket_row(b):
+    """Problems pooled over seeds, the base's success in its bucket sample, and each lift with its 95% CI."""
+    diff = paired(lifts[rl][b], lifts[resampled][b])
+    return {"bucket (from the base's bucket sample)": b, "problems, pooled over seeds": sizes[b],
+            "base success in the bucket sample, pooled": f"{hits[b] / trials[b]:.1%}" if trials[b] else "—",
+            **{f"lift of {who}, {CI}": fmt(evidence.mean_ci(list(v.values())), "pp") if (v := lifts[who][b]) else "—"
+               for who in WHO},
+            f"RL minus re-sampled, {CI}": fmt(evidence.mean_ci(list(diff.values())), "pp") if diff else "—"}
+
+
+pd.DataFrame([bucket_row(b) for b in BUCKETS])
 '''),
     ("code", '''
-viz.solved_vs_never(base_pp, {preset: after_pp})
+points_figure({who: {b: {s: 100 * v for s, v in lifts[who][b].items()} for b in BUCKETS} for who in WHO},
+              xaxis="bucket (from the base's own bucket sample)",
+              yaxis="lift: fresh sample minus bucket sample (pp)", zero=True,
+              title="lift per bucket: seeds (dots) and mean with 95% CI (diamonds)")
+'''),
+    ("md", "## The never-taught level, apart (the top level: no training problem comes from it)"),
+    ("code", '''
+pd.DataFrame([bucket_row("untaught")])
 '''),
     ("code", '''
-buckets = W.pass_buckets(base_pp, after_pp)
-buckets
-'''),
-    ("code", '''
-viz.problem_matrix(run.dir.problems())
-'''),
-    ("code", '''
-events = W.learning_events(run.dir.problems())
-by_level = base_pp[["problem_id", "level"]].merge(events, on="problem_id", how="left")
-by_level.groupby("level").agg(problems=("problem_id", "size"), solved_in_training=("first_solved", "count"),
-                              forgotten=("forgotten", "sum"), first_solved_step=("first_solved", "mean"))
-'''),
-    ("code", '''
-# What this shows (computed)
-b = buckets.set_index("bucket")
-k = eval_samples
-lines = [f"**What this shows** ({preset}, {settings['num_steps']} steps, pass@{k} from {k} samples per problem):"]
-for name in b.index:
-    if b.loc[name, "problems"]:
-        lines.append(f"- {name} by the base ({int(b.loc[name, 'problems'])} problems): success rate "
-                     f"{b.loc[name, 'base']:.1%} → {b.loc[name, 'after']:.1%} (lift {b.loc[name, 'lift']:+.1%}); "
-                     f"{int(b.loc[name, 'learned'])} learned, {int(b.loc[name, 'forgotten'])} forgotten.")
-never = b.loc["never solved"]
-some = b.loc["sometimes (<50%)"]
-if never["problems"] and some["problems"]:
-    if some["lift"] > never["lift"]:
-        lines.append(f"- The lift is larger on problems the base sometimes solved ({some['lift']:+.1%}) than on "
-                     f"never-solved ones ({never['lift']:+.1%}): consistent with RL sharpening what the base can sample.")
-    else:
-        lines.append(f"- The never-solved problems gained at least as much ({never['lift']:+.1%}) as the sometimes-solved "
-                     f"ones ({some['lift']:+.1%}): the seed's finding does **not** reproduce in this run.")
-pk = f"pass@{k}" if f"pass@{k}" in base_summary else None
-if pk:
-    lines.append(f"- {pk}: base {base_summary[pk].iloc[0]:.1%} → after RL {after_summary[pk].iloc[0]:.1%}; "
-                 f"pass@1: {base_summary['pass@1'].iloc[0]:.1%} → {after_summary['pass@1'].iloc[0]:.1%}.")
+# What this shows (computed: evidence sentences over seeds)
+gap = {who: paired(lifts[who]["sometimes"], lifts[who]["never"]) for who in WHO}
+''' + header("") + '''
+lines.append(f"- Problems pooled over {len(seeds)} seeds: " + ", ".join(f"{b} {sizes[b]}" for b in BUCKETS)
+             + f"; the never-taught level ({sizes['untaught']} problems) is left out of the buckets.")
+lines.append("- " + judged(gap[rl], f"{F.CONTROL} lifts sometimes-solved problems more than never-solved ones "
+                                    "(lift gap, sometimes minus never)"))
+lines.append("- " + judged(gap[resampled], "Re-sampling the base without training lifts sometimes-solved problems "
+                                           "more than never-solved ones (regression to the mean alone)"))
+lines.append("- " + judged(paired(gap[rl], gap[resampled]),
+                           "RL's gap exceeds the re-sampled base's (the finding's effect, from the cells)"))
+lines.append("- " + judged(paired(lifts[rl]["never"], lifts[resampled]["never"]),
+                           f"{F.CONTROL} lifts never-solved problems beyond re-sampling "
+                           "(RL minus re-sampled, never bucket)"))
+lines.append("- " + judged(paired(lifts[rl]["untaught"], lifts[resampled]["untaught"]),
+                           f"{F.CONTROL} lifts the never-taught level beyond re-sampling (RL minus re-sampled)"))
 W.show_markdown("\\n".join(lines))
 '''),
 ]
@@ -453,64 +639,54 @@ GEN = [
     ("md", r"""
 # 13 — RL vs SFT: in-domain and out-of-domain
 
-Three ways to spend the same math training problems on the same base policy: RL (the chosen preset), CoT-SFT
-(supervised on the worked solutions) and answer-only SFT. All are evaluated on held-out math (in-domain)
-and on physics / chemistry / biology questions that ask the same arithmetic in other words (out-of-domain).
+Finding `rl_vs_sft` (MM-Eureka Table 5): RL transfers out of domain (physics, chemistry, biology questions that
+ask the same arithmetic in other words) better than SFT on the same math problems. Arms: the base policy, the
+RL control arm (`findings.CONTROL`: on-policy CPGD with `findings.CONTROL_SETTINGS`) and SFT with the settings
+of `findings.SFT_SETTINGS`, tuned on a validation split (math training problems of another draw than the SFT
+set), never on the test sets below.
+The effect is, per seed, RL's out-of-domain accuracy minus SFT's. This notebook reads the findings run's cells.
 """),
-    ("params", params('preset: str = "cpgd"  # RL algorithm\nseed: int = 0\n'
-                      'train_per_level: int = 16  # math training problems per level (shared by RL and SFT)\n'
-                      'sft_steps: int = 60  # SFT optimizer steps\nsft_batch_size: int = 32\nsft_lr: float = 5e-4\n'
-                      'eval_per_level: int = 4  # test problems per level and subject\neval_samples: int = 4',
-                      lr=1e-4, update_epochs=1, minibatches=1)),
-    ("code", IMPORTS + "\nfrom eureka_kit.config import PRESETS\nfrom eureka_kit.data.toyworld import SUBJECTS\n\n"
-     + validate("preset=preset, seed=seed, train_per_level=train_per_level, sft_steps=sft_steps, "
-                "sft_batch_size=sft_batch_size, sft_lr=sft_lr, eval_per_level=eval_per_level, eval_samples=eval_samples",
-                "preset=P.choice(PRESETS), seed=P.non_negative_int, train_per_level=P.positive_int, "
-                "sft_steps=P.positive_int, sft_batch_size=P.positive_int, sft_lr=P.positive_float, "
-                "eval_per_level=P.positive_int, eval_samples=P.positive_int")),
+    ("params", FINDINGS_PARAMS),
+    ("code", findings_imports()),
+    ("code", findings_load("rl_vs_sft")),
+    ("code", FINDINGS_HELPERS),
+    ("code", FINDING_ROW),
+    ("code", EFFECTS),
+    ("code", INSTRUMENT),
     ("code", '''
-root = W.run_root(run_root, "13_rl_vs_sft_generalization")
-base, tok = W.load_base(model, seed=seed)
-cfg = RunConfig.from_preset(preset, seed=seed, run_dir=str(root / preset), **settings)
-train_problems = W.problems_by_subject("train", ["math"], per_level=train_per_level, seed=seed, cfg=cfg)["math"]
-tests = W.problems_by_subject("test", SUBJECTS, per_level=eval_per_level, seed=seed, cfg=cfg)
-models = {"base": base}
-models["rl"] = W.train_arm(cfg, base, tok, problems=train_problems, progress=progress).policy
-for target in ("cot", "answer"):  # CoT-SFT on the worked solutions; answer-only SFT
-    sft_cfg = RunConfig.from_preset("sft", sft_target=target, seed=seed, model=model, num_steps=sft_steps, lr=sft_lr,
-                                    warmup_steps=max(1, sft_steps // 10), train_batch_size=sft_batch_size,
-                                    micro_batch_size=sft_batch_size, run_dir=str(root / f"{target}_sft"))
-    models[f"{target}_sft"] = W.sft_arm(sft_cfg, base, tok, problems=train_problems, progress=progress).policy
-summaries = {name: W.evaluate_on(m, tok, cfg, tests, num_samples=eval_samples, seed=seed)[1] for name, m in models.items()}
+rl, sft = record["better"][0], record["worse"][0]
+arms = ["base", rl, sft]
+prof = result["profile"]
+pd.DataFrame([{"arm": sft, "settings": "findings.SFT_SETTINGS (tuned on a validation split): "
+               + ", ".join(f"{k}={v}" for k, v in prof["sft_settings"].items())},
+              {"arm": rl, "settings": f"findings.CONTROL_SETTINGS, {prof.get('control_steps')} steps, on-policy: "
+               + ", ".join(f"{k}={v}" for k, v in prof.get("control_settings", {}).items())}])
 '''),
     ("code", '''
-viz.subject_accuracy(summaries)
+arm_table(arms, {"math_accuracy": ("math test accuracy (in-domain)", "%"),
+                 "ood_accuracy": ("out-of-domain accuracy (physics, chemistry, biology)", "%")})
 '''),
     ("code", '''
-rows = []
-for name, s in summaries.items():
-    acc = s.set_index("subject")["accuracy"]
-    rows.append({"model": name, "math (in-domain)": acc["math"], "OOD mean": acc.drop("math").mean(),
-                 **{f"{sub}": acc[sub] for sub in acc.index if sub != "math"}})
-table = pd.DataFrame(rows).set_index("model")
-delta = table - table.loc["base"]
-delta
+points_figure({arm: {"math (in-domain)": per_seed(arm, "math_accuracy"),
+                     "out-of-domain": per_seed(arm, "ood_accuracy")} for arm in arms},
+              xaxis="test set", yaxis="accuracy", tickformat=".0%",
+              title="per seed (dots) and mean with 95% CI (diamonds)")
 '''),
     ("code", '''
-# What this shows (computed): gains over the base policy, in-domain vs out-of-domain
-lines = [f"**What this shows** ({len(train_problems)} math training problems; {eval_per_level * 6} test problems per subject, "
-         f"{eval_samples} samples each):"]
-for name in ("rl", "cot_sft", "answer_sft"):
-    lines.append(f"- {name}: math {delta.loc[name, 'math (in-domain)']:+.1%}, out-of-domain {delta.loc[name, 'OOD mean']:+.1%} "
-                 f"(vs base {table.loc['base', 'math (in-domain)']:.1%} / {table.loc['base', 'OOD mean']:.1%}).")
-best_ood = delta["OOD mean"].drop("base").idxmax()
-lines.append(f"- Largest out-of-domain gain: **{best_ood}**.")
-rl_transfer = delta.loc["rl", "OOD mean"] - max(delta.loc["cot_sft", "OOD mean"], delta.loc["answer_sft", "OOD mean"])
-lines.append("- " + ("RL transfers out of domain better than both SFT variants here, as the seed reported."
-                     if rl_transfer > 0 else
-                     "RL does **not** transfer out of domain better than SFT in this run: the seed's finding does not reproduce here."))
-noise = (0.25 / (eval_per_level * 6 * eval_samples)) ** 0.5
-lines.append(f"- Sampling noise of one accuracy here is about ±{noise:.1%} (1 sd, binomial worst case).")
+# What this shows (computed: evidence sentences over seeds)
+math_acc = {a: per_seed(a, "math_accuracy") for a in arms}
+ood = {a: per_seed(a, "ood_accuracy") for a in arms}
+''' + header("") + '''
+for a, b, data, claim in (
+        (rl, sft, ood, f"RL ({rl}) reaches a higher out-of-domain accuracy than SFT (RL minus SFT, out-of-domain)"),
+        (rl, sft, math_acc, f"RL ({rl}) reaches a higher in-domain accuracy than SFT (RL minus SFT, math)"),
+        (sft, "base", math_acc, "SFT raises in-domain accuracy over the base (SFT minus base, math)"),
+        (rl, "base", math_acc, f"RL ({rl}) raises in-domain accuracy over the base (RL minus base, math)"),
+        (sft, "base", ood, "SFT raises out-of-domain accuracy over the base (SFT minus base, out-of-domain)")):
+    lines.append("- " + judged(paired(data[a], data[b]), claim))
+s = result["profile"]["sft_settings"]
+lines.append(f"- SFT settings come from `findings.SFT_SETTINGS` (lr {s['lr']:g}, {s['num_steps']} steps), tuned on a "
+             "validation split of math training problems, not on these test sets.")
 W.show_markdown("\\n".join(lines))
 '''),
 ]
