@@ -140,3 +140,11 @@ def test_a_tiny_profile_runs_in_two_worker_processes_and_resumes(tmp_path):
     again = R.run_profile(prof, tmp_path / "f", work=tmp_path / "w", workers=2, progress=False)
     assert again["provenance"]["cells_run"] == 0
     assert [r["per_seed_effect"] for r in again["findings"]] == [r["per_seed_effect"] for r in result["findings"]]
+
+
+def test_a_seed_with_an_empty_bucket_is_left_out_not_averaged():
+    c = cells()
+    c[("base", 1)] = {**c[("base", 1)], "buckets": ["always"] * 7 + ["untaught"]}  # no sometimes/never problems
+    rec = by_id(F.judge_findings(c, "synthetic", SEEDS))["solved_vs_never"]
+    assert rec["seeds"] == [0, 2] and all(math.isfinite(e) for e in rec["per_seed_effect"])
+    assert ".;" not in rec.get("reason", "")

@@ -274,7 +274,8 @@ def judge_findings(cells: Mapping[tuple[str, int], dict], profile: str, seeds: t
     checks = instrument_checks(cells)
     out = []
     for f in FINDINGS:
-        per_seed = {s: e for s in seeds if (e := effect_of(f, cells, s)) is not None}
+        # a seed whose effect cannot be computed (a cell missing, or an empty bucket at tiny sizes) is left out
+        per_seed = {s: e for s in seeds if (e := effect_of(f, cells, s)) is not None and math.isfinite(e)}
         rec: dict[str, Any] = dict(id=f.id, claim=f.claim, source=f.source, paper_number=f.paper_number,
                                    metric=f.metric, unit=f.unit, better=list(f.better), worse=list(f.worse),
                                    profile=profile, seeds=list(per_seed), per_seed_effect=list(per_seed.values()))
@@ -285,7 +286,7 @@ def judge_findings(cells: Mapping[tuple[str, int], dict], profile: str, seeds: t
         else:
             rec.update(effect=math.nan, ci_low=math.nan, ci_high=math.nan, verdict="inconclusive",
                        sentence=f"{f.claim}: no seed was measured — inconclusive.")
-        failed = [checks[r]["detail"] for r in f.requires if not checks[r]["ok"]]
+        failed = [checks[r]["detail"].rstrip(".") for r in f.requires if not checks[r]["ok"]]
         if failed:
             rec.update(verdict="not testable here", reason="; ".join(failed))
         out.append(rec)
