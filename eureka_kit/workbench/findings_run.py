@@ -175,7 +175,8 @@ def run_cell(arm: str, seed: int, profile: Profile, out: str, work: str, threads
     cell = (_base_cell(policy, tok, seed, profile) if kind == "base" else
             _sft_cell(policy, tok, seed, profile, run_dir) if kind == "sft" else
             _rl_cell(policy, tok, arm, seed, profile, run_dir))
-    cell.update(arm=arm, seed=seed, key=cell_key(arm, seed, profile), wall_s=time.perf_counter() - started)
+    cell.update(arm=arm, seed=seed, key=cell_key(arm, seed, profile), wall_s=time.perf_counter() - started,
+                commit=_git_commit(), threads=threads)
     path = Path(out) / "cells" / arm / f"seed{seed}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.with_suffix(".tmp").write_text(json.dumps(cell))
@@ -243,7 +244,9 @@ def summarize(cells: dict[tuple[str, int], dict], prof: Profile) -> dict[str, An
                                  "train_s")}}
               for arm in dict.fromkeys(a for a, _ in prof.cells())},
         provenance=dict(version=__version__, commit=_git_commit(), machine=_machine(),
-                        command=f"eureka-kit report --profile {prof.name}"),
+                        command=f"eureka-kit report --profile {prof.name}",
+                        cell_commits={c: sum(cell.get("commit", "not recorded") == c for cell in cells.values())
+                                      for c in sorted({cell.get("commit", "not recorded") for cell in cells.values()})}),
     )
 
 
