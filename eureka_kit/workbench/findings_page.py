@@ -174,10 +174,10 @@ def _dose_table(rows: list[dict[str, Any]]) -> str:
 
 
 def findings_page(out: str | Path, result: dict[str, Any] | None = None, *,
-                  reference: str | Path | None = REFERENCE, charts: bool = True) -> Path:
+                  reference: str | Path | None = REFERENCE, charts: bool = True, cells: str | Path | None = None) -> Path:
     """Write `out/index.html` for `result` (default: out/findings.json), its findings beside the `reference` run's
     (None: none). Returns the page's path. `charts=False` gives a small tables-only page without plotly (the
-    committed reference page)."""
+    committed reference page); `cells`: the cells folder (default out/cells)."""
     out = Path(out)
     result = result or load(out / "findings.json")
     if result is None:
@@ -214,7 +214,7 @@ def findings_page(out: str | Path, result: dict[str, Any] | None = None, *,
         + "<p>Mean over seeds with 95% CI (bands); dose = optimizer steps per rollout batch, 1 is on-policy.</p>"))
     sections.append(("Arms (mean [95% CI] over seeds)", arms_table(result).to_html(index=False, border=0)))
     sections.append((f"Which problems the control arm ({CONTROL}) lifts",
-                     _bucket_html(out / "cells", list(prof["seeds"]))))
+                     _bucket_html(Path(cells) if cells else out / "cells", list(prof["seeds"]))))
     curves, warnings = _curves_html(result, out) if charts else ("", "")
     if curves:
         sections.append((f"Training curves, seed {prof['seeds'][0]} only (descriptive, no verdict)", curves))

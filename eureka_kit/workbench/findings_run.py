@@ -245,6 +245,7 @@ def summarize(cells: dict[tuple[str, int], dict], prof: Profile) -> dict[str, An
               for arm in dict.fromkeys(a for a, _ in prof.cells())},
         provenance=dict(version=__version__, commit=_git_commit(), machine=_machine(),
                         command=f"eureka-kit report --profile {prof.name}",
+                        cells_wall_s=round(sum(cell.get("wall_s", 0.0) for cell in cells.values()), 1),
                         cell_commits={c: sum(cell.get("commit", "not recorded") == c for cell in cells.values())
                                       for c in sorted({cell.get("commit", "not recorded") for cell in cells.values()})}),
     )

@@ -69,7 +69,7 @@ def build_suite(out: str | Path = "reports", *, notebooks: list[str] | None = No
             reference = out / "reference"
             reference.mkdir(parents=True, exist_ok=True)
             (reference / "findings.json").write_text(json.dumps(result, indent=1, default=float))
-            findings_page(reference, result, charts=False, reference=None)
+            findings_page(reference, result, charts=False, reference=None, cells=findings_dir / "cells")
         print(f"[findings] {page}: " + "; ".join(f"{r['id']} {r['verdict']}" for r in result["findings"]), flush=True)
     results = []
     for i, name in enumerate(names, 1):
