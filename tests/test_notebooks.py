@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import json
+import math
 import os
 import re
 import shutil
@@ -225,9 +226,30 @@ def _findings_00_tour(text: str, params: dict) -> None:
     clip = dict(re.findall(rf"(\w+) {NUM}%", _find(r"Clip fraction: (.*?) \(", text)[1]))
     assert list(clip) == ["reinforce", "group_baseline", "ppo_clip", "cpgd"]
     assert float(clip["reinforce"]) == float(clip["group_baseline"]) == 0  # the pg surrogate never clips
-    peak = _find(r"Largest token ratio: (.*?); the smallest is \*\*(\w+)\*\*", text)
+    # one seed per rung: the peak ratios are listed, not ranked, and each step of the ladder gets no verdict
+    peak = _find(r"Largest token ratio: (.*?) \(one seed, and each is a single token's maximum over the run: "
+                 r"descriptive, no verdict\)\.", text)
     ratios = {arm: float(v) for arm, v in re.findall(rf"(\w+) {NUM}", peak[1])}
-    assert list(ratios) == list(clip) and ratios[peak[2]] == min(ratios.values())
+    assert list(ratios) == list(clip) and all(v > 0 for v in ratios.values())
+    assert "smallest is" not in text
+    arms = list(clip)
+    for a, b in zip(arms[:-1], arms[1:], strict=True):
+        line = _find(rf"^- {a} → {b}, training accuracy \(last half\): {b} {NUM} vs {a} {NUM} .*$", text, re.M)
+        assert "one seed: no verdict" in line[0], line[0]
+
+
+def _wilson_stated(label: str, text: str, n: int) -> float:
+    """`label`'s stated accuracy (a fraction) and 95% Wilson interval over n problems: the interval must be
+    evidence.wilson_interval of round(accuracy * n) successes (the rounded percentage leaves a one-success slack)."""
+    from eureka_kit.workbench import evidence
+
+    m = _find(rf"{re.escape(label)} {NUM}% \(95% CI {NUM}% to {NUM}%\)", text)
+    acc, low, high = (float(v) / 100 for v in m.groups())
+    assert low <= acc <= high, m[0]
+    candidates = {k for k in (math.floor(acc * n), math.ceil(acc * n)) if 0 <= k <= n}
+    assert any(evidence.wilson_interval(k, n).low == pytest.approx(low, abs=6e-4)
+               and evidence.wilson_interval(k, n).high == pytest.approx(high, abs=6e-4) for k in candidates), (m[0], n)
+    return acc
 
 
 # Notebooks 10-13 view one finding of a findings run each: their text must carry the run's own record (verdict,
@@ -356,10 +378,24 @@ def _findings_13_rl_vs_sft_generalization(text: str, params: dict) -> None:
 
 def _findings_14_process_rewards(text: str, params: dict) -> None:
     n = params["bon_n"]
-    m = _find(rf"Best-of-{n} on \d+ math test problems: best PRM aggregation `prm_\w+` {NUM}%, random pick {NUM}% "
-              rf".*?, majority vote {NUM}% .*?, ORM {NUM}%, oracle pass@{n} {NUM}%", text)
-    *picks, oracle = map(float, m.groups())
-    assert max(picks) <= oracle  # the oracle is right whenever one of the N samples is
+    bon = _find(rf"^- Best-of-{n} on (\d+) math test problems, accuracy with its 95% Wilson interval over problems "
+                r"\(successes = accuracy × problems, rounded; one seed: descriptive, no verdict\): best PRM "
+                r"aggregation `(prm_\w+)` .*$", text, re.M)
+    problems, best = int(bon[1]), bon[2]
+    picks = {who: _wilson_stated(label, bon[0], problems)
+             for who, label in [("best", f"`{best}`"), ("random", "random pick"), ("majority", "majority vote"),
+                                ("orm", "ORM")]}
+    oracle = _wilson_stated(f"oracle pass@{n}", bon[0], problems)
+    assert max(picks.values()) <= oracle  # the oracle is right whenever one of the N samples is
+    margins = _find(rf"^- Margins of `{best}`: {NUM}% vs random pick, {NUM}% vs majority vote \(one seed: "
+                    r"descriptive, no verdict;", text, re.M)
+    for stated, other in zip(margins.groups(), ("random", "majority"), strict=True):
+        assert float(stated) / 100 == pytest.approx(picks["best"] - picks[other], abs=2e-3), margins[0]
+    assert "issue's target" not in text and "**not met**" not in text  # no single-seed verdict
+    rl = _find(rf"^- RL, {params['rl_steps']} steps: pass@1 on (\d+) math test problems \(4 samples each\) with its "
+               r"95% Wilson interval over problems \(one seed: descriptive, no verdict\): .*$", text, re.M)
+    for label in ("step policy", "CPGD", "CPGD + step advantages"):
+        _wilson_stated(label, rl[0], int(rl[1]))  # "CPGD 1.0%" is not in "CPGD + step advantages 1.0%"
 
 
 def _findings_20_ratio_explorer(text: str, params: dict) -> None:
@@ -367,6 +403,8 @@ def _findings_20_ratio_explorer(text: str, params: dict) -> None:
     assert int(groups[2]) == params["rollout_batch_size"] and int(groups[1]) <= int(groups[2])
     replayed = re.findall(rf"^- replayed as \*\*(\w+)\*\*: loss {NUM}, clipped", text, re.M)
     assert [preset for preset, _ in replayed] == ["grpo", "cpgd"]  # the run's own preset, then replay_preset
+    _find(rf"Replaying that one saved batch under {len(replayed)} presets \(one run, one step, one seed: "
+          r"descriptive, no verdict between presets\)", text)
 
 
 FINDINGS = {"00_tour": _findings_00_tour, "10_kl_removal": _findings_10_kl_removal, "11_clipping": _findings_11_clipping,

@@ -41,16 +41,17 @@ SETTINGS = '''settings = W.rl_settings(**{k: params[k] for k in ("num_steps", "r
                                                   "minibatches", "update_epochs", "lr", "max_len", "model",
                                                   "data_path")})'''
 
-# Calibrated on the 700-step toy base (2026-11-27): at lr 1e-4, 4 minibatches x 2 epochs GRPO grows a ratio
-# tail (max 72) that CPGD keeps near 17; at 3e-4 and above every arm collapses within 20 steps.
+# The pressure arms' settings (workbench.findings.RL_SETTINGS, dose 8): at lr 3e-4 and above every arm collapses
+# within 20-25 steps (reports/LOG.md).
 DEFAULTS = dict(num_steps=40, rollout_batch_size=8, group_size=8, minibatches=4, update_epochs=2, lr=1e-4, max_len=48)
 
-IMPORTS = '''import pandas as pd
+IMPORTS = '''import torch
 
-from eureka_kit.workbench import notebook_params as P
-from eureka_kit.workbench import viz
+from eureka_kit.algos import advantages, losses
+from eureka_kit.config import RunConfig
 from eureka_kit.workbench import arms as W
-from eureka_kit.config import RunConfig'''
+from eureka_kit.workbench import notebook_params as P
+from eureka_kit.workbench import viz'''
 
 
 def params(extra: str = "", **defaults) -> str:
@@ -93,8 +94,7 @@ and off-policy pressure (several optimizer steps per rollout), then you check yo
 exercise cell that asserts.
 """),
     ("params", params('seed: int = 0  # one seed per rung')),
-    ("code", IMPORTS + "\nfrom eureka_kit.algos import advantages, losses\nimport torch\n\n"
-     + validate("seed=seed", "seed=P.non_negative_int")),
+    ("code", IMPORTS + "\n\n" + validate("seed=seed", "seed=P.non_negative_int")),
     ("code", '''
 # The ladder: each rung overrides one slot of the previous one.
 root = W.run_root(run_root, "00_tour")
@@ -192,7 +192,9 @@ viz.training_curves(hist, {"reward/accuracy": "accuracy", "policy/ratio_max": "m
 # Exercise 4: replay CPGD's last step. Which tokens does CPG clip? Derive the mask yourself from the
 # saved log-ratios, advantages and the clip bounds ln(1 - eps_low), ln(1 + eps_high).
 import math
+
 import numpy as np
+
 from eureka_kit.workbench.replay import replay_step
 
 step = runs["cpgd"].dir.rollout_steps()[-1]
@@ -214,12 +216,12 @@ table
     ("code", '''
 # What this shows (computed from the table above)
 t = table.set_index("arm")
-first, last = hist["reinforce"]["reward/accuracy"], hist["cpgd"]["reward/accuracy"]
-lines = ["**What this shows** (one seed, {} steps per rung; differences this small can be noise):".format(settings["num_steps"])]
-for a, b in zip(t.index, t.index[1:]):
+lines = [f"**What this shows** (one seed, {settings['num_steps']} steps per rung: descriptive, no verdict between "
+         "rungs; differences this small can be noise):"]
+for a, b in zip(t.index[:-1], t.index[1:], strict=True):
     lines.append("- " + W.compare(b, t.loc[b, "accuracy"], a, t.loc[a, "accuracy"], what=f"{a} → {b}, training accuracy (last half)"))
 lines.append("- Largest token ratio: " + ", ".join(f"{a} {t.loc[a, 'peak ratio']:.3g}" for a in t.index)
-             + f"; the smallest is **{t['peak ratio'].idxmin()}**.")
+             + " (one seed, and each is a single token's maximum over the run: descriptive, no verdict).")
 lines.append("- Clip fraction: " + ", ".join(f"{a} {t.loc[a, 'clip frac']:.2%}" for a in t.index)
              + " (REINFORCE and the group baseline never clip, by construction).")
 W.show_markdown("\\n".join(lines))
@@ -715,11 +717,10 @@ progress: bool = False'''),
     ("code", '''
 from pathlib import Path
 
-from eureka_kit.workbench import explorer
-from eureka_kit.workbench import notebook_params as P
-from eureka_kit.workbench import viz
-from eureka_kit.workbench import arms as W
 from eureka_kit.config import PRESETS, RunConfig
+from eureka_kit.workbench import arms as W
+from eureka_kit.workbench import explorer, viz
+from eureka_kit.workbench import notebook_params as P
 
 params = P.validate(dict(run_dir=run_dir, preset=preset, replay_preset=replay_preset, num_steps=num_steps,
                          rollout_batch_size=rollout_batch_size, group_size=group_size, update_epochs=update_epochs,
@@ -749,15 +750,17 @@ ui
            "(largest |log-ratio|), and that step's sample with the largest |log-ratio|."),
     ("code", '''
 from IPython.display import HTML
+
 from eureka_kit.engine.runs import open_run
+
 run = runs[0]
 metrics = open_run(run).metrics()
 saved = explorer.steps_of(run)
 moved = metrics[metrics.step.isin(saved)] if "policy/log_ratio_abs_max" in metrics else metrics.iloc[0:0]
 step = int(moved.sort_values("policy/log_ratio_abs_max").iloc[-1]["step"]) if len(moved) else saved[-1]
 df = explorer.load_step(run, step)
-worst = int(df.assign(m=[max(abs(a - b) for a, b in zip(n, o)) if len(n) else 0
-                         for n, o in zip(df.new_logp, df.old_logp)]).sort_values("m").iloc[-1]["sample"])
+worst = int(df.assign(m=[max(abs(a - b) for a, b in zip(n, o, strict=True)) if len(n) else 0
+                         for n, o in zip(df.new_logp, df.old_logp, strict=True)]).sort_values("m").iloc[-1]["sample"])
 views = {c: explorer.view(run, step, worst, c, replay_preset) for c in explorer.COLOR_BY}
 HTML(views["log-ratio"]["header"] + "".join(f"<h4>{c}</h4>" + v["tokens"] for c, v in views.items())
      + "<h4>group</h4>" + views["log-ratio"]["group"] + "<h4>replay</h4>" + views["log-ratio"]["replay"])
@@ -768,12 +771,14 @@ viz.ratio_histogram(df)
     ("code", '''
 # What this shows (computed)
 from eureka_kit.workbench.replay import compare_presets
+
 cmp = compare_presets(run, step, [explorer.run_preset(run), replay_preset]).set_index("preset")
-own = explorer.run_preset(run)
 zero = int((df.groupby("group").reward.std().fillna(0) == 0).sum())
 lines = [f"**What this shows**: step {step} of `{Path(run).name}` is where the policy moved most; its sample with the "
          f"largest |log-ratio| is #{worst}. {zero} of its {df.group.nunique()} groups had identical rewards "
-         "(zero advantage: no gradient from them under any group-baseline preset)."]
+         "(zero advantage: no gradient from them under any group-baseline preset).",
+         f"Replaying that one saved batch under {len(cmp)} presets (one run, one step, one seed: descriptive, "
+         "no verdict between presets):"]
 for p in cmp.index:
     lines.append(f"- replayed as **{p}**: loss {cmp.loc[p, 'loss/total']:+.4f}, clipped {cmp.loc[p, 'policy/clipfrac_low']:.2%} "
                  f"low / {cmp.loc[p, 'policy/clipfrac_high']:.2%} high, mean |d loss/d logp| {cmp.loc[p, 'grad_abs_mean']:.3g}.")
@@ -814,13 +819,16 @@ progress: bool = False  # console progress bars'''),
 import pandas as pd
 import plotly.express as px
 
-from eureka_kit.prm import bestofn, data as prm_data, model as prm
-from eureka_kit.workbench import notebook_params as P
-from eureka_kit.workbench import arms as W
 from eureka_kit.config import RunConfig
-from eureka_kit.models import load
-from eureka_kit.prm.steps import StepPolicyConfig, build_step_policy
 from eureka_kit.data import toyworld
+from eureka_kit.models import load
+from eureka_kit.prm import bestofn
+from eureka_kit.prm import data as prm_data
+from eureka_kit.prm import model as prm
+from eureka_kit.prm.steps import StepPolicyConfig, build_step_policy
+from eureka_kit.workbench import arms as W
+from eureka_kit.workbench import evidence
+from eureka_kit.workbench import notebook_params as P
 
 params = P.validate(
     dict(seed=seed, policy_steps=policy_steps, label_levels=label_levels, label_per_level=label_per_level,
@@ -949,6 +957,12 @@ rl_eval[["model", "pass@1"] + [c for c in rl_eval.columns if c.startswith("pass@
 '''),
     ("code", '''
 # What this shows (computed)
+def wilson(rate, n):
+    """An accuracy over n problems with its 95% Wilson interval, successes counted as round(rate * n)."""
+    iv = evidence.wilson_interval(round(rate * n), n)
+    return f"{rate:.1%} (95% CI {iv.low:.1%} to {iv.high:.1%})"
+
+
 acc = bon.pivot_table(index="method", columns="N", values="accuracy")
 top = acc[bon_n]
 prm_methods = [m for m in top.index if m.startswith("prm_")]
@@ -965,20 +979,21 @@ if len(cal):
                  f"mean |P(Yes) - MC| {np.abs(cal.label - cal.p_yes).mean():.2f}.")
 else:
     lines.append("- No held-out markers: calibration is not measured at these sizes.")
-margin_random = top[best] - top["random"]
-margin_majority = top[best] - top["majority"]
-lines.append(f"- Best-of-{bon_n} on {len(records)} math test problems: best PRM aggregation `{best}` {top[best]:.1%}, "
-             f"random pick {top['random']:.1%} ({margin_random:+.1%}), majority vote {top['majority']:.1%} "
-             f"({margin_majority:+.1%}), ORM {top['orm']:.1%}, oracle pass@{bon_n} {top['oracle']:.1%}.")
-target = margin_random >= 0.05 and margin_majority >= 0
-lines.append(f"- The issue's target (PRM beats random by >= 5 points and matches majority vote) is "
-             f"{'met' if target else '**not met**'} in this run"
-             + ("." if target else f": the PRM's pick is {margin_random:+.1%} vs random and {margin_majority:+.1%} "
-                "vs majority; the calibration and per-level tables above show where it fails."))
-acc_rl = rl_eval.set_index("model")["pass@1"]
-lines.append(f"- RL, {rl_steps} steps: pass@1 step policy {acc_rl['step policy']:.1%}, CPGD {acc_rl['cpgd']:.1%}, "
-             f"CPGD + step advantages {acc_rl['cpgd_prm']:.1%} (4 samples on {sum(map(len, eval_problems.values()))} "
-             f"test problems: a few points are noise).")
+n_bon = len(records)
+lines.append(f"- Best-of-{bon_n} on {n_bon} math test problems, accuracy with its 95% Wilson interval over problems "
+             f"(successes = accuracy × problems, rounded; one seed: descriptive, no verdict): best PRM aggregation "
+             f"`{best}` {wilson(top[best], n_bon)}, random pick {wilson(top['random'], n_bon)}, majority vote "
+             f"{wilson(top['majority'], n_bon)}, ORM {wilson(top['orm'], n_bon)}, oracle pass@{bon_n} "
+             f"{wilson(top['oracle'], n_bon)}.")
+lines.append(f"- Margins of `{best}`: {top[best] - top['random']:+.1%} vs random pick, "
+             f"{top[best] - top['majority']:+.1%} vs majority vote (one seed: descriptive, no verdict; `{best}` is "
+             f"the highest of {len(prm_methods)} PRM aggregations on these same problems, so its number is optimistic).")
+ev = rl_eval.set_index("model")
+n_rl = int(ev.loc["step policy", "problems"])
+lines.append(f"- RL, {rl_steps} steps: pass@1 on {n_rl} math test problems (4 samples each) with its 95% Wilson "
+             f"interval over problems (one seed: descriptive, no verdict): step policy "
+             f"{wilson(ev.loc['step policy', 'pass@1'], n_rl)}, CPGD {wilson(ev.loc['cpgd', 'pass@1'], n_rl)}, "
+             f"CPGD + step advantages {wilson(ev.loc['cpgd_prm', 'pass@1'], n_rl)}.")
 if prm_cols:
     last = hist[hist.arm == "cpgd_prm"][prm_cols].mean()
     lines.append("- Process metrics of the cpgd_prm arm (mean over steps): "
