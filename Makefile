@@ -80,7 +80,7 @@ test-deepspeed: $(DS_VENV)/.installed
 	$(DS_VENV)/bin/python -m pytest -q -rs -m deepspeed --require-backend deepspeed tests/test_deepspeed.py
 
 lint: setup
-	$(BIN)/ruff check eureka_kit tests benchmarks
+	$(BIN)/ruff check eureka_kit tests benchmarks tools notebooks
 	$(BIN)/lint-imports
 
 clean:
