@@ -25,12 +25,12 @@ FINDINGS_DIR = "{findings_dir}"  # replaced by the findings folder of this suite
 
 # Notebooks 10-13 view the findings run; the others run report-sized versions of their own defaults.
 SUITE: dict[str, dict[str, Any]] = {
-    "00_tour": dict(num_steps=12),
+    "00_tour": dict(num_steps=8),
     "10_kl_removal": dict(findings_dir=FINDINGS_DIR),
     "11_clipping": dict(findings_dir=FINDINGS_DIR),
     "12_solved_vs_never_solved": dict(findings_dir=FINDINGS_DIR),
     "13_rl_vs_sft_generalization": dict(findings_dir=FINDINGS_DIR),
-    "14_process_rewards": dict(policy_steps=300, label_per_level=10, num_rollouts=8, max_searches=10,
+    "14_process_rewards": dict(policy_steps=150, label_per_level=10, num_rollouts=8, max_searches=10,
                                rollout_budget=64, prm_epochs=3, test_per_level=4, rl_steps=6, rl_batch=4),
     "20_ratio_explorer": dict(),
 }
