@@ -189,3 +189,21 @@ def test_long_findings_are_cut_after_a_whole_sentence(tmp_path):
     kept = short.split("\n\n(continued")[0]
     assert kept.endswith("measured.") and len(kept) <= 200 and "(continued in the report)" in short
     assert findings_text(path, max_chars=10_000) == text
+
+
+def test_suite_hands_notebooks_the_findings_folder_and_a_runs_folder_outside_the_reports(tmp_path, monkeypatch):
+    from eureka_kit.workbench import suite, sweep
+
+    seen = []
+
+    def fake_execute_point(notebook, params, run_dir, cwd):
+        seen.append(params)
+        return {"status": "ok", "duration_s": 0.0, "errors": [], "params": params}
+
+    monkeypatch.setattr(sweep, "execute_point", fake_execute_point)
+    out = tmp_path / "reports"
+    suite.build_suite(out, findings=False, suite={"nb": {"run_root": suite.RUNS_DIR, "findings_dir": suite.FINDINGS_DIR,
+                                                         "x": 1}}, notebooks_dir=tmp_path, progress=False)
+    assert seen == [{"run_root": str(tmp_path / "runs" / "notebooks"), "findings_dir": str(out.resolve() / "findings"),
+                     "x": 1}]
+    assert not str(seen[0]["run_root"]).startswith(str(out))  # checkpoints and rollouts stay out of reports/

@@ -174,10 +174,12 @@ def _dose_table(rows: list[dict[str, Any]]) -> str:
 
 
 def findings_page(out: str | Path, result: dict[str, Any] | None = None, *,
-                  reference: str | Path | None = REFERENCE, charts: bool = True, cells: str | Path | None = None) -> Path:
+                  reference: str | Path | None = REFERENCE, charts: bool = True, cells: str | Path | None = None,
+                  plotly_js: str = "plotly.min.js") -> Path:
     """Write `out/index.html` for `result` (default: out/findings.json), its findings beside the `reference` run's
     (None: none). Returns the page's path. `charts=False` gives a small tables-only page without plotly (the
-    committed reference page); `cells`: the cells folder (default out/cells)."""
+    committed reference page); `cells`: the cells folder (default out/cells); `plotly_js`: where the page loads
+    plotly.js from (written next to the page when it is the default)."""
     out = Path(out)
     result = result or load(out / "findings.json")
     if result is None:
@@ -224,9 +226,10 @@ def findings_page(out: str | Path, result: dict[str, Any] | None = None, *,
     sections.append(("Setup and provenance", "<ul>" + "".join(
         f"<li><code>{html.escape(str(k))}</code>: {html.escape(str(v))}</li>" for k, v in setup.items()) + "</ul>"))
     out.mkdir(parents=True, exist_ok=True)
-    if charts:
+    if charts and plotly_js == "plotly.min.js":
         write_plotly_js(out)
     page = out / "index.html"
-    page.write_text(html_page(f"eureka_kit findings — {prof['name']} profile, {len(prof['seeds'])} seeds", sections))
+    page.write_text(html_page(f"eureka_kit findings — {prof['name']} profile, {len(prof['seeds'])} seeds", sections,
+                              plotly_js=plotly_js))
     return page
 

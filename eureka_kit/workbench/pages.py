@@ -26,11 +26,11 @@ def figure_div(fig) -> str:
     return pio.to_html(fig, include_plotlyjs=False, full_html=False)
 
 
-def html_page(title: str, sections: list[tuple[str, str]]) -> str:
-    """A self-contained page (except ./plotly.min.js): sections are (heading, html body)."""
+def html_page(title: str, sections: list[tuple[str, str]], *, plotly_js: str = "plotly.min.js") -> str:
+    """A self-contained page (except plotly.js at the relative path `plotly_js`): sections are (heading, body)."""
     body = "\n".join(f"<section><h2>{html.escape(h)}</h2>\n{b}</section>" for h, b in sections)
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
-<script src="plotly.min.js"></script>
+<script src="{html.escape(plotly_js)}"></script>
 <style>body{{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}}
 table{{border-collapse:collapse;font-size:14px}}td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}
 th{{background:#f4f4f4}}section{{margin-bottom:2em}}.warn{{color:#a00}}code{{background:#f4f4f4}}</style>

@@ -7,7 +7,8 @@
 SUITE is data: notebook name -> report-sized parameters, chosen so the whole `make report` (quick profile) fits
 in 10 minutes on a 2-core CPU (benchmarks/toy_suite_time.sh measures it). A new notebook joins the suite with one
 entry; FINDINGS_DIR in its parameters becomes the findings folder, so notebooks 10-13 view the findings run
-instead of training again. A notebook already finished with the same parameters is skipped, so re-running
+instead of training again, and RUNS_DIR a folder beside the reports one, so that run directories (checkpoints,
+rollouts) keep the reports folder small. A notebook already finished with the same parameters is skipped, so re-running
 resumes; a failed one keeps its executed notebook (with the error cell) and shows as failed in the index.
 """
 
@@ -22,17 +23,18 @@ NOTEBOOKS_DIR = Path(__file__).resolve().parents[2] / "notebooks"
 RUN_KEY = "report"
 
 FINDINGS_DIR = "{findings_dir}"  # replaced by the findings folder of this suite run
+RUNS_DIR = "{runs_dir}"  # replaced by <out>/../runs/notebooks: run directories stay out of the reports folder
 
 # Notebooks 10-13 view the findings run; the others run report-sized versions of their own defaults.
 SUITE: dict[str, dict[str, Any]] = {
-    "00_tour": dict(num_steps=8),
+    "00_tour": dict(num_steps=8, run_root=RUNS_DIR),
     "10_kl_removal": dict(findings_dir=FINDINGS_DIR),
     "11_clipping": dict(findings_dir=FINDINGS_DIR),
     "12_solved_vs_never_solved": dict(findings_dir=FINDINGS_DIR),
     "13_rl_vs_sft_generalization": dict(findings_dir=FINDINGS_DIR),
-    "14_process_rewards": dict(policy_steps=150, label_per_level=10, num_rollouts=8, max_searches=10,
+    "14_process_rewards": dict(run_root=RUNS_DIR, policy_steps=150, label_per_level=10, num_rollouts=8, max_searches=10,
                                rollout_budget=64, prm_epochs=3, test_per_level=4, rl_steps=6, rl_batch=4),
-    "20_ratio_explorer": dict(),
+    "20_ratio_explorer": dict(run_root=RUNS_DIR),
 }
 
 
@@ -64,7 +66,7 @@ def build_suite(out: str | Path = "reports", *, notebooks: list[str] | None = No
     if findings:
         result = run_profile(profile, findings_dir, work=out.resolve().parent / "runs" / "findings", workers=workers,
                              progress=progress)
-        page = findings_page(findings_dir, result)
+        page = findings_page(findings_dir, result, plotly_js="../plotly.min.js")  # one plotly.js per reports folder
         if profile == "full":  # the reference run: findings.json and a small tables-only page, to commit
             reference = out / "reference"
             reference.mkdir(parents=True, exist_ok=True)
@@ -75,7 +77,8 @@ def build_suite(out: str | Path = "reports", *, notebooks: list[str] | None = No
     for i, name in enumerate(names, 1):
         notebook = Path(notebooks_dir) / f"{name}.ipynb"
         run_dir = (out / name / RUN_KEY).resolve()
-        params = {k: str(findings_dir) if v == FINDINGS_DIR else v for k, v in suite[name].items()}
+        where = {FINDINGS_DIR: str(findings_dir), RUNS_DIR: str(out.resolve().parent / "runs" / "notebooks")}
+        params = {k: where.get(v, v) if isinstance(v, str) else v for k, v in suite[name].items()}
         params = json.loads(json.dumps(params))  # as status.json will hold them
         if not force and is_finished(run_dir) and read_status(run_dir).get("params") == params:
             print(f"[{i}/{len(names)}] {name}: finished earlier with the same parameters, skipped", flush=True)
