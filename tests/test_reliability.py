@@ -377,10 +377,10 @@ NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 # name, wrong type. A new notebook needs an entry (the test says so before starting a kernel).
 BAD_PARAMETER = {
     "00_tour": ("lr", "fast", "must be a number > 0"),
-    "10_kl_removal": ("arms", "grpo,ppo", f"unknown item(s) ['ppo']; allowed: {', '.join(PRESETS)}"),
-    "11_clipping": ("num_steps", -1, "must be a positive integer"),
-    "12_solved_vs_never_solved": ("preset", "ppo", f"must be one of {', '.join(PRESETS)}"),
-    "13_rl_vs_sft_generalization": ("group_size", 2.5, "must be a positive integer"),
+    "10_kl_removal": ("profile", "huge", "must be one of quick, full"),
+    "11_clipping": ("workers", -1, "must be a positive integer"),
+    "12_solved_vs_never_solved": ("findings_dir", "/no/such/folder", "must be None or an existing local folder"),
+    "13_rl_vs_sft_generalization": ("workers", 2.5, "must be a positive integer"),
     "14_process_rewards": ("label_levels", "1,two", "must be a list of integers"),
     "20_ratio_explorer": ("replay_preset", "cpgd2", f"must be one of {', '.join(PRESETS)}"),
 }
