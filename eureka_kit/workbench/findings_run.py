@@ -135,16 +135,21 @@ def _rl_cell(policy, tok, arm: str, seed: int, profile: Profile, run_dir: Path) 
             load_weights(probe, ckpt)
             curve.append((step, _measure(probe, tok, cfg, seed, profile, ood=False)["math_accuracy"]))
     curve.append((steps, out["math_accuracy"]))
-    for ckpt in run.dir.checkpoints():  # weights are not needed past this point; keep the metrics and rollouts
-        for f in ckpt.iterdir():
-            f.unlink()
-        ckpt.rmdir()
+    _drop_checkpoints(run.dir)
     hist = run.dir.metrics()
     out.update(curve=curve, math_auc=sum(a for _, a in curve) / len(curve), train_s=train_s,
                ratio_tail_share=float(hist["policy/ratio_tail_frac"].mean()),
                ratio_max_median=float(hist["policy/ratio_max"].median()),
                train_accuracy=float(hist["reward/accuracy"].mean()), steps=len(hist), run_dir=str(run_dir))
     return out
+
+
+def _drop_checkpoints(run_dir) -> None:
+    """Weights are not needed once a cell is measured; the metrics and rollouts stay for the pages."""
+    for ckpt in run_dir.checkpoints():
+        for f in ckpt.iterdir():
+            f.unlink()
+        ckpt.rmdir()
 
 
 def _sft_cell(policy, tok, seed: int, profile: Profile, run_dir: Path) -> dict[str, Any]:
@@ -155,6 +160,7 @@ def _sft_cell(policy, tok, seed: int, profile: Profile, run_dir: Path) -> dict[s
     started = time.perf_counter()
     run = sft(cfg, policy=copy.deepcopy(policy), processor=tok, progress=False)
     out = _measure(run.policy, tok, cfg, seed, profile)
+    _drop_checkpoints(run.dir)
     out.update(train_s=time.perf_counter() - started, run_dir=str(run_dir))
     out["math_auc"] = out["math_accuracy"]
     return out
