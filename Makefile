@@ -16,8 +16,8 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[dev,notebooks]'
 	touch $@
 
-# The main job, the report suite (eureka_kit/workbench/suite.py): the toy-world report (GRPO, GRPO+KL, CPGD under off-policy
-# pressure) and every notebook executed by papermill -> reports/index.html; pages open offline.
+# The main job, the report suite (eureka_kit/workbench/suite.py): the findings on the toy world (quick profile, 3 seeds,
+# docs/findings.md) and every notebook executed by papermill -> reports/index.html; pages open offline.
 report: setup
 	$(BIN)/eureka-kit selfcheck
 	$(BIN)/eureka-kit report --out reports
