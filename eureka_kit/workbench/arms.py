@@ -1,8 +1,8 @@
 """Glue the ablation notebooks share, so each notebook stays parameters -> these calls -> figures.
 
-Everything here is a thin composition of `train`, `sft`, `evaluate` and the run directory; no algorithm
-lives here. Figures that only the notebooks draw (clip fractions by side, pooled log-ratio histograms, the
-ladder's config diff) are here too, as pure data -> plotly functions.
+Everything here is a thin composition of `train`, `evaluate` and the run directory; no algorithm lives here.
+Figures and tables that only the notebooks draw (pooled log-ratio histograms, the ladder's config diff) are here
+too, as pure data -> plotly functions. The findings notebooks (10-13) use `workbench.findings` instead.
 """
 
 from __future__ import annotations
@@ -32,20 +32,6 @@ def load_base(model: str = "toy", seed: int = 0):
     return load_policy(model, seed=seed)
 
 
-def problems_by_subject(split: str, subjects, *, per_level: int, seed: int = 0, levels=None,
-                        cfg: RunConfig | None = None) -> dict[str, list[dict]]:
-    """Problems per subject: `per_level` toy-world problems of each difficulty level, or, for a local
-    dataset (cfg.task == 'mmk12'), the first `per_level * 6` rows of each subject of that split."""
-    if cfg is not None and cfg.task != "toyworld":
-        from eureka_kit.data.problems import load_problems
-
-        rows = load_problems(cfg, split=split)
-        return {s: [r for r in rows if r.get("subject", "math") == s][: per_level * 6] for s in subjects}
-    from eureka_kit.data import toyworld
-
-    return {s: toyworld.generate(split, s, per_level, seed=seed, levels=levels) for s in subjects}
-
-
 def train_arm(cfg: RunConfig, base_policy, processor, *, problems: list[dict] | None = None,
               progress: bool = True) -> Run:
     """RL-train a deep copy of `base_policy` (the base stays untouched for the next arm)."""
@@ -58,15 +44,6 @@ def evaluate_on(policy, processor, cfg: RunConfig, problems: dict[str, list[dict
     cfg = RunConfig.from_dict({**cfg.to_dict(), "seed": seed})
     return evaluate_mod.evaluate(policy, processor, cfg, subjects=tuple(problems), num_samples=num_samples,
                                  problems_by_subject=problems)
-
-
-def sft_arm(cfg: RunConfig, base_policy, processor, *, problems: list[dict] | None = None,
-            progress: bool = True) -> Run:
-    """`sft.sft` on a deep copy of `base_policy` (the base stays untouched for the next arm); `cfg.sft_target`
-    picks CoT-SFT (worked solutions) or answer-only SFT."""
-    from eureka_kit.engine.sft import sft
-
-    return sft(cfg, policy=copy.deepcopy(base_policy), processor=processor, problems=problems, progress=progress)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -122,20 +99,6 @@ def token_log_ratios(run: RunDir, steps: list[int] | None = None, *, by_epoch: b
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
 
 
-def log_ratio_by_epoch(tables: dict[str, pd.DataFrame]) -> go.Figure:
-    """Box plots of per-token log-ratios per update epoch (x) and arm (colour): how far each epoch drifts
-    from the sampling policy. Tables come from `token_log_ratios(..., by_epoch=True)`."""
-    from eureka_kit.workbench.viz import color_for
-
-    fig, names = go.Figure(), list(tables)
-    for name, t in tables.items():
-        fig.add_box(x=t.epoch.astype(str), y=t.log_ratio, name=name, boxpoints=False,
-                    marker_color=color_for(name, names))
-    fig.update_layout(boxmode="group", height=340, margin=dict(t=30, b=30), xaxis_title="update epoch",
-                      yaxis_title="log-ratio new - old", legend=dict(orientation="h", y=1.12))
-    return fig
-
-
 def config_diff(configs: dict[str, RunConfig]) -> pd.DataFrame:
     """Rows: consecutive arms; columns: the algorithm slots that changed (from -> to)."""
     names, rows = list(configs), []
@@ -146,50 +109,8 @@ def config_diff(configs: dict[str, RunConfig]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def pass_buckets(base: pd.DataFrame, after: pd.DataFrame) -> pd.DataFrame:
-    """Per base bucket (never / sometimes / mostly solved): problems, base and after success rates, lift,
-    and how many problems were learned (0 -> >0 successes) or forgotten (>0 -> 0)."""
-    merged = base.merge(after, on="problem_id", suffixes=("_base", "_after"))
-    rate_b = merged.successes_base / merged.samples_base
-    rate_a = merged.successes_after / merged.samples_after
-    bucket = pd.cut(rate_b, [-0.01, 0.0, 0.4999, 1.0], labels=["never solved", "sometimes (<50%)", "mostly (>=50%)"])
-    df = pd.DataFrame({"bucket": bucket, "base": rate_b, "after": rate_a,
-                       "learned": (merged.successes_base == 0) & (merged.successes_after > 0),
-                       "forgotten": (merged.successes_base > 0) & (merged.successes_after == 0)})
-    out = df.groupby("bucket", observed=False).agg(problems=("base", "size"), base=("base", "mean"),
-                                                   after=("after", "mean"), learned=("learned", "sum"),
-                                                   forgotten=("forgotten", "sum")).reset_index()
-    out["lift"] = out["after"] - out["base"]
-    return out
-
-
-def learning_events(problems: pd.DataFrame) -> pd.DataFrame:
-    """From a run's problems.parquet: per problem, first step solved, last step solved, and whether its last
-    attempt failed after an earlier success ("forgotten during training")."""
-    if problems.empty:
-        return pd.DataFrame(columns=["problem_id", "attempts", "first_solved", "last_solved", "forgotten"])
-    rows = []
-    for pid, d in problems.sort_values("step").groupby("problem_id"):
-        solved = d[d.successes > 0].step
-        rows.append({"problem_id": pid, "attempts": int(d.attempts.sum()),
-                     "first_solved": int(solved.min()) if len(solved) else None,
-                     "last_solved": int(solved.max()) if len(solved) else None,
-                     "forgotten": bool(len(solved) and d.iloc[-1].successes == 0)})
-    return pd.DataFrame(rows)
-
-
 # ---------------------------------------------------------------------------------------------
 # Figures only the notebooks draw.
-
-
-def clip_sides_figure(table: pd.DataFrame) -> go.Figure:
-    """Stacked bars per arm: mean clip fraction on the low side (A < 0) and high side (A > 0)."""
-    fig = go.Figure()
-    fig.add_bar(x=table.arm, y=table["clip low"], name="low side (A<0, ratio below 1-eps)", marker_color="#d62728")
-    fig.add_bar(x=table.arm, y=table["clip high"], name="high side (A>0, ratio above 1+eps)", marker_color="#1f77b4")
-    fig.update_layout(barmode="stack", yaxis=dict(title="fraction of tokens", tickformat=".1%"), height=340,
-                      margin=dict(t=30, b=30), legend=dict(orientation="h", y=1.12))
-    return fig
 
 
 def log_ratio_histograms(tables: dict[str, pd.DataFrame], *, ratio: bool = False, nbins: int = 60) -> go.Figure:
@@ -206,25 +127,8 @@ def log_ratio_histograms(tables: dict[str, pd.DataFrame], *, ratio: bool = False
     return fig
 
 
-def bar_with_errors(table: pd.DataFrame, value: str, *, title: str = "", percent: bool = False) -> go.Figure:
-    """One bar per arm with a +-1 seed-sd error bar (arm_table output)."""
-    from eureka_kit.workbench.viz import color_for
-
-    err = table.get(value + " sd")
-    fig = go.Figure(go.Bar(x=table.arm, y=table[value],
-                           error_y=None if err is None else dict(type="data", array=err.fillna(0)),
-                           marker_color=[color_for(a, list(table.arm)) for a in table.arm]))
-    fig.update_layout(title=title or value, height=320, margin=dict(t=40, b=30),
-                      yaxis=dict(tickformat=".0%" if percent else None))
-    return fig
-
-
 # ---------------------------------------------------------------------------------------------
 # "What this shows": sentences computed from numbers.
-
-
-def fmt_pct(x: float) -> str:
-    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.1%}"
 
 
 def compare(a_name: str, a: float, b_name: str, b: float, *, sd: float | None = None, what: str = "",

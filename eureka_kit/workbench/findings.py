@@ -16,9 +16,11 @@ Settings were calibrated on seeds 100+ (never verdict seeds), see reports/LOG.md
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -169,6 +171,15 @@ OOD_BASE_RANGE = (0.10, 0.60)
 MIN_BUCKET_PROBLEMS = 30
 
 
+def load_cells(findings_dir: str | Path) -> dict[tuple[str, int], dict]:
+    """Every cell under `findings_dir/cells` as {(arm, seed): cell} (a finished run, for pages and notebooks)."""
+    cells = {}
+    for path in sorted(Path(findings_dir).glob("cells/*/seed*.json")):
+        cell = json.loads(path.read_text())
+        cells[(cell["arm"], int(cell["seed"]))] = cell
+    return cells
+
+
 def _seed_values(cells: Mapping[tuple[str, int], dict], arm: str, key: str) -> dict[int, float]:
     return {s: float(c[key]) for (a, s), c in sorted(cells.items()) if a == arm and key in c}
 
@@ -304,18 +315,6 @@ def dose_response(cells: Mapping[tuple[str, int], dict], key: str, presets=("grp
             if values:
                 iv = evidence.mean_ci(list(values.values()))
                 rows.append(dict(preset=preset, dose=dose, mean=iv.mean, ci_low=iv.low, ci_high=iv.high, n=iv.n))
-    return rows
-
-
-def finding_table(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Rows for the findings table: claim, paper's number, ours (effect with CI), seeds, verdict."""
-    rows = []
-    for r in records:
-        unit = r["unit"]
-        ours = ("n/a" if math.isnan(r["effect"]) else f"{r['effect']:+.2f} {unit}".strip()
-                + ("" if math.isnan(r["ci_low"]) else f" (95% CI {r['ci_low']:+.2f} to {r['ci_high']:+.2f})"))
-        rows.append(dict(finding=r["id"], claim=r["claim"], source=r["source"], paper=r["paper_number"], ours=ours,
-                         seeds=len(r["seeds"]), verdict=r["verdict"], reason=r.get("reason", "")))
     return rows
 
 

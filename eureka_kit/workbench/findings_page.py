@@ -124,15 +124,15 @@ def arms_table(result: dict[str, Any]) -> pd.DataFrame:
 
 def _bucket_html(cells_dir: Path, seeds: list[int]) -> str:
     """Pooled over seeds: problems per bucket and the lift of the control arm and of the re-sampled base."""
-    from eureka_kit.workbench.findings import bucket_lifts
+    from eureka_kit.workbench.findings import bucket_lifts, load_cells
 
+    cells = load_cells(cells_dir.parent)
     rows: dict[str, dict[str, list[float]]] = {}
     sizes: dict[str, int] = {}
     for seed in seeds:
-        base, rl = (cells_dir / "base" / f"seed{seed}.json"), (cells_dir / CONTROL / f"seed{seed}.json")
-        if not (base.exists() and rl.exists()):
+        b, r = cells.get(("base", seed)), cells.get((CONTROL, seed))
+        if b is None or r is None:
             continue
-        b, r = json.loads(base.read_text()), json.loads(rl.read_text())
         for bucket in ("sometimes", "never", "always", "untaught"):
             sizes[bucket] = sizes.get(bucket, 0) + sum(x == bucket for x in b["buckets"])
         for who, successes in ((CONTROL, r["per_problem_successes"]), ("base re-sampled", b["per_problem_successes"])):

@@ -41,6 +41,7 @@ from eureka_kit.workbench.findings import (
     dose_response,
     instrument_checks,
     judge_findings,
+    load_cells,
     profile_dict,
 )
 
@@ -131,7 +132,7 @@ def _rl_cell(policy, tok, arm: str, seed: int, profile: Profile, run_dir: Path) 
     probe = copy.deepcopy(policy)
     for ckpt in run.dir.checkpoints():
         step = int(ckpt.name.split("_")[1]) + 1
-        if step < profile.num_steps:
+        if step < steps:  # the last checkpoint is the trained policy, measured above
             load_weights(probe, ckpt)
             curve.append((step, _measure(probe, tok, cfg, seed, profile, ood=False)["math_accuracy"]))
     curve.append((steps, out["math_accuracy"]))
@@ -268,15 +269,6 @@ def _machine() -> str:
 
     return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
             f"CPU capability {torch.backends.cpu.get_cpu_capability()}")
-
-
-def load_cells(findings_dir: str | Path) -> dict[tuple[str, int], dict]:
-    """Every cell under `findings_dir/cells` as {(arm, seed): cell} (for notebooks reading a finished run)."""
-    cells = {}
-    for path in sorted(Path(findings_dir).glob("cells/*/seed*.json")):
-        cell = json.loads(path.read_text())
-        cells[(cell["arm"], int(cell["seed"]))] = cell
-    return cells
 
 
 def load_or_run(findings_dir: str | Path = "", *, profile: str = "quick", out: str | Path = "runs/findings_notebooks",

@@ -71,50 +71,6 @@ def training_curves(histories: dict[str, pd.DataFrame], keys: dict[str, str] | N
     return fig
 
 
-def subject_accuracy(summaries: dict[str, pd.DataFrame], metric: str = "accuracy") -> go.Figure:
-    """Grouped bars: per subject, one bar per model (name -> `evaluate.summarize` table)."""
-    names = list(summaries)
-    fig = go.Figure()
-    for name, table in summaries.items():
-        fig.add_bar(x=table["subject"], y=table[metric], name=name, marker_color=color_for(name, names),
-                    text=[f"{v:.0%}" for v in table[metric]], textposition="outside")
-    fig.update_layout(barmode="group", yaxis=dict(title=metric, tickformat=".0%"), height=360,
-                      margin=dict(t=30, b=30), legend=dict(orientation="h", y=1.1))
-    return fig
-
-
-def solved_vs_never(base: pd.DataFrame, after: dict[str, pd.DataFrame]) -> go.Figure:
-    """Success rate after RL for problems the base policy never / sometimes / mostly solved (pass@k buckets)."""
-    base = base.assign(bucket=pd.cut(base.successes / base.samples, [-0.01, 0.0, 0.4999, 1.0],
-                                     labels=["never solved", "sometimes (<50%)", "mostly (>=50%)"]))
-    fig = go.Figure()
-    names = ["base"] + list(after)
-    rate = base.groupby("bucket", observed=False).apply(lambda d: (d.successes / d.samples).mean(), include_groups=False)
-    fig.add_bar(x=rate.index.astype(str), y=rate.values, name="base", marker_color="#bbbbbb")
-    for name, df in after.items():
-        merged = base[["problem_id", "bucket"]].merge(df, on="problem_id")
-        rate = merged.groupby("bucket", observed=False).apply(lambda d: (d.successes / d.samples).mean(), include_groups=False)
-        fig.add_bar(x=rate.index.astype(str), y=rate.values, name=name, marker_color=color_for(name, names))
-    fig.update_layout(barmode="group", yaxis=dict(title="success rate per sample", tickformat=".0%"), height=360,
-                      margin=dict(t=30, b=30), legend=dict(orientation="h", y=1.1))
-    return fig
-
-
-def problem_matrix(problems: pd.DataFrame, max_problems: int = 80) -> go.Figure:
-    """Heatmap of per-problem success rate (rows: problems seen most, columns: steps) from problems.parquet."""
-    if problems.empty:
-        return go.Figure()
-    top = problems.groupby("problem_id")["attempts"].sum().nlargest(max_problems).index
-    df = problems[problems.problem_id.isin(top)].assign(rate=lambda d: d.successes / d.attempts)
-    table = df.pivot_table(index="problem_id", columns="step", values="rate")
-    table = table.loc[table.mean(axis=1).sort_values().index]
-    fig = go.Figure(go.Heatmap(z=table.values, x=table.columns, y=table.index, colorscale="Viridis", zmin=0, zmax=1,
-                               colorbar=dict(title="success")))
-    fig.update_layout(height=max(300, 8 * len(table)), xaxis_title="RL step", yaxis_title="problem",
-                      margin=dict(t=30, b=30))
-    return fig
-
-
 def ratio_histogram(rollouts: pd.DataFrame, *, log: bool = True) -> go.Figure:
     """Distribution of per-token log-ratios new - old of one saved step, split by sign of the advantage."""
     fig = go.Figure()
