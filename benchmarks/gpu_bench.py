@@ -342,7 +342,7 @@ def section_learner(rec: Recorder, sz: dict, args) -> None:
     ids = torch.randint(0, sz["vocab"], (Bl, L), device=dev, generator=g)
     ro = Rollouts(prompt_ids=ids[:, :1].cpu(), prompt_mask=torch.ones(Bl, 1, dtype=torch.long),
                   completion_ids=ids[:, 1:].cpu(), completion_mask=torch.ones(Bl, L - 1, dtype=torch.long),
-                  rollout_logp=torch.zeros(Bl, L - 1), texts=[""] * Bl, finish_reasons=["length"] * Bl,
+                  behavior_logp=torch.zeros(Bl, L - 1), texts=[""] * Bl, finish_reasons=["length"] * Bl,
                   problem_index=torch.arange(Bl), problems=[{"id": str(i)} for i in range(Bl)])
     rows = torch.arange(Bl)
     adv = torch.randn(Bl, device=dev, generator=g)

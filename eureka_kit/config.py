@@ -23,7 +23,8 @@ from eureka_kit.presets import ALGORITHM_FIELDS, NEUTRAL, PRESETS, SFT_PRESETS
 # Allowed values of the choice fields (validation and error messages read these tables).
 ESTIMATORS = ("grpo", "dr_grpo", "equal", "rloo", "reinforce_pp", "reinforce_pp_baseline", "none")
 ADV_WEIGHTS = ("none", "clip_filter_like")
-SURROGATES = ("pg", "cpg", "ppo_clip", "cispo", "cispo_verl", "gspo", "gspo_token")
+SURROGATES = ("pg", "cpg", "ppo_clip", "cispo", "cispo_verl", "gspo", "gspo_token",
+              "sapo", "gmpo", "clip_cov", "kl_cov", "dppo_tv", "luspo")
 KL_ESTIMATORS = ("k1", "k2", "k3")
 AGGREGATIONS = (
     "token-mean",
@@ -33,6 +34,10 @@ AGGREGATIONS = (
     "group-token-mean",
 )
 ROLLOUT_BACKENDS = ("hf", "vllm")
+# Train-inference mismatch (docs/algorithms.md §4.10): corrections of the behaviour policy mu and injected mismatch.
+CORRECTIONS = ("none", "tis", "icepop", "opsm", "m2po")
+CORRECTION_LEVELS = ("token", "sequence")
+SAMPLER_DTYPES = ("same", "bfloat16", "float16")
 PROMPT_TEMPLATES = ("cpgd_7b", "mmeureka_32b", "none")
 LR_SCHEDULES = ("constant", "cosine_with_min_lr", "linear")
 PROCESS_MODES = ("none", "step_advantage", "shaped_reward")
@@ -90,16 +95,38 @@ class RunConfig:
 
     # --- surrogate, drift, KL, aggregation -------------------------------------------------
     surrogate: str = "cpg"
-    """pg | cpg (log-ratio clip) | ppo_clip | cispo (TRL absolute cap) | cispo_verl (1+eps form) | gspo | gspo_token"""
+    """pg | cpg (log-ratio clip) | ppo_clip | cispo (TRL absolute cap) | cispo_verl (1+eps form) | gspo | gspo_token |
+    sapo (soft gate) | gmpo (geometric mean) | clip_cov | kl_cov (covariance-selected tokens) | dppo_tv (binary-TV
+    trust region) | luspo (length-scaled gspo)"""
     eps_low: float = 0.2
     """lower clip width: ratio floor 1 - eps_low (log-ratio floor ln(1 - eps_low) for cpg); > 0, and
-    eps_low >= 1 means no lower clip (floor 0, log-ratio floor -inf: losses.ratio_floor), as verl and TRL allow"""
+    eps_low >= 1 means no lower clip (floor 0, log-ratio floor -inf: losses.ratio_floor), as verl and TRL allow.
+    gmpo reads it as the log-ratio bound -eps_low (there >= 1 is only a wide bound)"""
     eps_high: float = 0.2
-    """upper clip width: ratio ceiling 1 + eps_high (DAPO clip-higher: 0.28); > 0, a large value = no upper clip"""
+    """upper clip width: ratio ceiling 1 + eps_high (DAPO clip-higher: 0.28; log-ratio bound eps_high for gmpo);
+    > 0, a large value = no upper clip"""
     dual_clip: float | None = None
     """dual-clip constant c > 1 for A < 0 (loss capped at -c*A); None = off"""
     cispo_cap: float = 5.0
     """CISPO (TRL form) absolute cap on the detached IS weight: w = min(r, cispo_cap)"""
+    sapo_tau_pos: float = 1.0
+    """SAPO gate temperature for A > 0: loss -(4/tau) sigmoid(tau (r - 1)) A (paper, TRL, verl: 1.0)"""
+    sapo_tau_neg: float = 1.05
+    """SAPO gate temperature for A <= 0 (paper, TRL, verl: 1.05; larger = faster decay off-policy)"""
+    clip_cov_ratio: float = 2e-4
+    """Clip-Cov: share of the valid tokens (at least one) whose gradient is detached, drawn among the candidates
+    (verl 2e-4); in (0, 1]"""
+    clip_cov_lb: float = 1.0
+    """Clip-Cov: candidates have Cov_t = (logp_t - mean logp)(A_t - mean A) > clip_cov_lb (verl 1.0)"""
+    clip_cov_ub: float = 5.0
+    """Clip-Cov: candidates have Cov_t < clip_cov_ub (verl 5.0); > clip_cov_lb"""
+    kl_cov_ratio: float = 2e-4
+    """KL-Cov: share of the valid tokens (top Cov_t, at least one) that get the |log-ratio| penalty (verl 2e-4); in (0, 1]"""
+    kl_cov_coef: float = 0.1
+    """KL-Cov: penalty weight beta on |logp - old_logp| of the selected tokens (verl `ppo_kl_coef` 0.1); >= 0"""
+    dppo_delta: float = 0.2
+    """DPPO binary-TV trust region: a token's gradient is masked when p - p_old > delta (A > 0) or < -delta (A < 0)
+    (prime-rl 0.2); in (0, 1]"""
     drift_coef: float = 0.01
     """CPGD policy-drift weight alpha (0 = off)"""
     drift_clip: float = 2.0
@@ -110,6 +137,23 @@ class RunConfig:
     """reference-KL estimator k1 | k2 | k3 (Schulman)"""
     aggregation: str = "group-token-mean"
     """token-mean | seq-mean-token-mean | seq-mean-token-sum | seq-mean-token-sum-norm | group-token-mean"""
+
+    # --- train-inference mismatch correction (rho = pi_old / mu per token; algos/mismatch.py) --------------
+    correction: str = "none"
+    """none | tis (truncated IS weight min(rho, cap)) | icepop (weight rho inside [low, high], else masked) |
+    opsm (DeepSeek-V3.2 off-policy sequence mask) | m2po (second-moment token mask)"""
+    correction_level: str = "token"
+    """token | sequence (tis, icepop: the weight of a response is w = prod_t rho_t)"""
+    correction_cap: float = 2.0
+    """TIS cap C on the detached weight"""
+    correction_low: float = 0.5
+    """IcePop lower bound alpha (tokens with rho < alpha are masked)"""
+    correction_high: float = 2.0
+    """IcePop upper bound beta (tokens with rho > beta are masked)"""
+    opsm_delta: float = 0.1
+    """OPSM threshold on a response's mean log(mu / pi_theta) (masked when A < 0 and the mean exceeds it)"""
+    m2po_tau: float = 0.04
+    """M2PO bound on the kept tokens' mean squared log-ratio (paper: 0.04)"""
 
     # --- filters and reward shaping --------------------------------------------------------
     online_filter: bool = False
@@ -194,7 +238,16 @@ class RunConfig:
     temperature: float = 1.0
     """sampling temperature"""
     top_p: float = 1.0
-    """nucleus sampling"""
+    """nucleus sampling (the learner scores the untruncated distribution: < 1 is a train-inference mismatch)"""
+    top_k: int = 0
+    """top-k sampling, 0 = off (scored untruncated by the learner, like top_p)"""
+    learner_temperature: float | None = None
+    """temperature of the learner's log-probs; None = the sampling temperature (matched). Another value injects
+    the mismatch of a learner that scores at a temperature the sampler did not use"""
+    sampler_dtype: str = "same"
+    """same | bfloat16 | float16: roll out from a copy of the policy in this precision (injected mismatch)"""
+    sampler_lag: int = 0
+    """roll out with the weights of this many RL steps ago (a stale sampler, the asynchronous case); 0 = current"""
     max_len: int = 64
     """max response tokens: generation cap, L of seq-mean-token-sum-norm, L_max of overlong shaping"""
     max_prompt_len: int = 512
@@ -323,6 +376,24 @@ class RunConfig:
         _choice("rollout_backend", self.rollout_backend, ROLLOUT_BACKENDS)
         _choice("prompt_template", self.prompt_template, PROMPT_TEMPLATES)
         _choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        _choice("correction", self.correction, CORRECTIONS)
+        _choice("correction_level", self.correction_level, CORRECTION_LEVELS)
+        _choice("sampler_dtype", self.sampler_dtype, SAMPLER_DTYPES)
+        if not 0 < self.correction_low <= 1 <= self.correction_high:
+            raise ConfigError(f"correction_low/correction_high: need 0 < low <= 1 <= high, "
+                              f"got {self.correction_low!r}, {self.correction_high!r}")
+        for name in ("correction_cap", "opsm_delta", "m2po_tau"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name}: must be > 0, got {getattr(self, name)!r}")
+        if self.learner_temperature is not None and not self.learner_temperature > 0:
+            raise ConfigError(f"learner_temperature: must be None or > 0, got {self.learner_temperature!r}")
+        for name in ("top_k", "sampler_lag"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ConfigError(f"{name}: must be an integer >= 0, got {value!r}")
+        if self.rollout_backend == "vllm" and (self.sampler_dtype != "same" or self.sampler_lag or self.top_k):
+            raise ConfigError("sampler_dtype/sampler_lag/top_k: injected mismatch runs on the hf backend (vLLM is "
+                              "its own mismatch: compare rollout_backend='vllm' with 'hf' instead)")
         _choice("task", self.task, ("toyworld", "mmk12"))
         _choice("zero_stage", self.zero_stage, (0, 2, 3))
         if self.train_per_level < 1:
@@ -340,13 +411,20 @@ class RunConfig:
         _choice("process_mode", self.process_mode, PROCESS_MODES)
         _choice("prm_aggregation", self.prm_aggregation, PRM_AGGREGATIONS)
         for name in ("eps_low", "eps_high", "std_eps", "adv_weight_cap", "cispo_cap", "drift_clip",
-                     "temperature", "lr", "reward_timeout"):
+                     "temperature", "reward_timeout", "sapo_tau_pos", "sapo_tau_neg"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name}: must be > 0, got {getattr(self, name)!r}")
+        for name in ("clip_cov_ratio", "kl_cov_ratio", "dppo_delta"):
+            if not 0 < getattr(self, name) <= 1:
+                raise ConfigError(f"{name}: must be in (0, 1], got {getattr(self, name)!r}")
+        if not self.clip_cov_lb < self.clip_cov_ub:
+            raise ConfigError(f"clip_cov_lb/clip_cov_ub: need lb < ub, got {self.clip_cov_lb!r}, {self.clip_cov_ub!r}")
         if self.dual_clip is not None and not self.dual_clip > 1 + self.eps_high:
             raise ConfigError(f"dual_clip: must be None or > 1 + eps_high = {1 + self.eps_high}, "
                               f"got {self.dual_clip!r}")
-        for name in ("drift_coef", "kl_coef", "weight_decay", "overlong_penalty", "process_weight"):
+        # lr 0 is the null run: the policy never moves, so every ratio pi_old / mu that is not 1 is mismatch
+        for name in ("drift_coef", "kl_coef", "weight_decay", "overlong_penalty", "process_weight", "lr",
+                     "kl_cov_coef"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name}: must be >= 0, got {getattr(self, name)!r}")
         if (not isinstance(self.skip_zero_variance, int) or isinstance(self.skip_zero_variance, bool)

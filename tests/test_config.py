@@ -12,7 +12,8 @@ from eureka_kit import config
 from eureka_kit.config import ALGORITHM_FIELDS, PRESETS, ConfigError, RunConfig
 
 EXPECTED_PRESETS = {"pg", "cpg", "pgd", "cpgd", "grpo", "grpo_kl", "grpo_dual_clip", "rloo", "reinforce_pp",
-                    "reinforce_pp_baseline", "dr_grpo", "dapo", "cispo", "gspo"}
+                    "reinforce_pp_baseline", "dr_grpo", "dapo", "cispo", "gspo",
+                    "sapo", "gmpo", "clip_cov", "kl_cov", "dppo_tv", "luspo"}
 
 
 def test_issue_presets_present_with_paper_links():

@@ -16,7 +16,7 @@ def _row(sample, group, adv, reward, new, tokens):
     return {"step": 0, "sample": sample, "group": group, "problem_id": f"p{group}", "subject": "math", "level": 0,
             "answer": "7", "completion": "".join(tokens), "finish_reason": "stop", "reward": reward,
             "accuracy": float(reward >= 1), "format": 0.5, "advantage": adv, "token_ids": list(range(n)),
-            "tokens": tokens, "rollout_logp": [0.0] * n, "old_logp": [-1.0] * n,
+            "tokens": tokens, "behavior_logp": [0.0] * n, "old_logp": [-1.0] * n,
             "new_logp": [-1.0 + v for v in new], "loss_mask": [1.0] * n}
 
 

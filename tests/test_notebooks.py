@@ -27,6 +27,7 @@ from eureka_kit.workbench import sweep  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 EXPECTED = {"00_tour", "10_kl_removal", "11_clipping", "12_solved_vs_never_solved", "13_rl_vs_sft_generalization",
+            "15_train_inference_mismatch",
             "14_process_rewards", "20_ratio_explorer"}
 
 
@@ -207,6 +208,7 @@ SMALLEST = {
     "14_process_rewards": dict(policy_steps=2, label_levels="1", label_per_level=2, num_rollouts=2, max_searches=1,
                                rollout_budget=4, max_len=24, prm_epochs=1, test_per_level=1, bon_n=2, rl_steps=1,
                                rl_batch=1),
+    "15_train_inference_mismatch": dict(profile="smoke", workers=1),
     "20_ratio_explorer": dict(num_steps=2, rollout_batch_size=2, group_size=4, update_epochs=2),
 }
 
@@ -407,7 +409,24 @@ def _findings_20_ratio_explorer(text: str, params: dict) -> None:
           r"descriptive, no verdict between presets\)", text)
 
 
-FINDINGS = {"00_tour": _findings_00_tour, "10_kl_removal": _findings_10_kl_removal, "11_clipping": _findings_11_clipping,
+def _findings_15_train_inference_mismatch(text: str, params: dict) -> None:
+    """Every comparison line carries its seeds, a 95% CI and a verdict, and the numbers agree with mismatch.json."""
+    lab = json.loads((Path(params["run_root"]) / "15_mismatch" / params["profile"] / "mismatch.json").read_text())
+    rows = lab["judged_null"] + lab["judged_rl"]
+    assert len(rows) == 4 + 3  # four injections against the control; TIS, IcePop and on-time against stale
+    for r in rows:
+        line = _find(rf"^- {re.escape(r['comparison'])} \(.*$", text, re.M)[0]
+        assert f"over seeds {', '.join(map(str, r['seeds']))}: **{r['verdict']}**" in line, line
+        assert r["verdict"] in ("supports", "contradicts", "inconclusive")
+        effect, low, high = (float(x) for x in _find(rf"\): {NUM} \[95% CI {NUM}, {NUM}\]", line).groups())
+        assert low <= effect <= high and effect == pytest.approx(r["effect"], rel=1e-2, abs=1e-3)
+    # the fp32 control has no mismatch; top-p renormalises mu, so its rho stays <= 1
+    control = lab["null"]["fp32 (control)"]
+    assert all(v <= 1e-6 for v in control["mismatch/kl_k3"].values())
+    assert all(v <= 1 + 1e-5 for v in lab["null"]["top-p 0.9"]["mismatch/rho_q99"].values())
+
+
+FINDINGS = {"00_tour": _findings_00_tour, "15_train_inference_mismatch": _findings_15_train_inference_mismatch, "10_kl_removal": _findings_10_kl_removal, "11_clipping": _findings_11_clipping,
             "12_solved_vs_never_solved": _findings_12_solved_vs_never_solved,
             "13_rl_vs_sft_generalization": _findings_13_rl_vs_sft_generalization,
             "14_process_rewards": _findings_14_process_rewards, "20_ratio_explorer": _findings_20_ratio_explorer}

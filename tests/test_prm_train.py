@@ -53,9 +53,9 @@ def _hand_rollouts(tok, problems, cfg, *, num_samples=None):
     mask = torch.tensor([[1] * len(i) + [0] * (T - len(i)) for i in ids])
     index = torch.arange(len(problems)).repeat_interleave(K)
     return Rollouts(prompt_ids=prompt_ids[index], prompt_mask=prompt_mask[index], completion_ids=completion,
-                    completion_mask=mask, rollout_logp=torch.zeros(completion.shape), texts=texts,
+                    completion_mask=mask, behavior_logp=torch.zeros(completion.shape), texts=texts,
                     finish_reasons=["stop"] * len(texts), problem_index=index, problems=problems,
-                    extras={"pad_id": tok.pad_token_id, "has_rollout_logp": False})
+                    extras={"pad_id": tok.pad_token_id, "has_behavior_logp": False})
 
 
 @pytest.fixture(autouse=True)

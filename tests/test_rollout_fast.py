@@ -129,22 +129,30 @@ def test_generate_hf_picks_the_lean_loop_only_where_it_reproduces_generate(eos_p
         model.generation_config.repetition_penalty = 1.0
 
 
-def test_both_samplers_give_the_same_rollouts_and_logp_matches_the_learner(eos_prone_model, problems, monkeypatch):
+@pytest.mark.parametrize("warp", [dict(temperature=0.8), dict(temperature=0.8, top_k=5, top_p=0.7)],
+                         ids=["temperature", "top_k_top_p"])
+def test_both_samplers_give_the_same_rollouts_and_logp_matches_the_learner(eos_prone_model, problems, monkeypatch,
+                                                                          warp):
     """generate_hf through the lean loop and through transformers `generate` (with the shared-prompt
-    prefill) draws identical tokens from one seed; its rollout log-probs equal a teacher-forced forward."""
+    prefill) draws identical tokens from one seed and records the same mu (generate's through
+    `BehaviorLogpRecorder`); untruncated, mu equals a teacher-forced forward, truncated it is >= it."""
     model, tok = eos_prone_model
-    cfg = RunConfig.from_preset("grpo", group_size=K, max_len=NEW, temperature=0.8, prompt_template="none")
+    cfg = RunConfig.from_preset("grpo", group_size=K, max_len=NEW, prompt_template="none", **warp)
     chunk = problems[::4][:5]
     lean = rollout.generate_hf(model, tok, chunk, cfg, torch.Generator().manual_seed(5))
     monkeypatch.setattr(rollout, "uses_lean_loop", lambda *a: False)
     via_generate = rollout.generate_hf(model, tok, chunk, cfg, torch.Generator().manual_seed(5))
     assert torch.equal(lean.completion_ids, via_generate.completion_ids) and lean.texts == via_generate.texts
     assert lean.finish_reasons == via_generate.finish_reasons and "stop" in lean.finish_reasons
-    torch.testing.assert_close(lean.rollout_logp, via_generate.rollout_logp, atol=1e-6, rtol=0)
+    torch.testing.assert_close(lean.behavior_logp, via_generate.behavior_logp, atol=1e-6, rtol=0)
     with torch.no_grad():
         learner = train_mod.completion_logprobs(model, lean, torch.arange(len(lean.texts)), cfg)
     valid = lean.completion_mask.bool()
-    torch.testing.assert_close(lean.rollout_logp[valid], learner[valid], atol=1e-5, rtol=0)
+    if "top_k" in warp:  # renormalised over the kept tokens: mu >= pi_old, strictly somewhere
+        assert (lean.behavior_logp[valid] >= learner[valid] - 1e-5).all()
+        assert (lean.behavior_logp[valid] > learner[valid] + 1e-3).any()
+    else:
+        torch.testing.assert_close(lean.behavior_logp[valid], learner[valid], atol=1e-5, rtol=0)
 
 
 def test_shared_prompt_learner_forward_matches_the_full_forward(problems, monkeypatch):

@@ -66,7 +66,7 @@ def test_train_updates_parameters_and_writes_the_run_directory(tmp_path, problem
     rollouts = rd.rollouts(1)
     assert len(rollouts) == SMALL["rollout_batch_size"] * SMALL["group_size"]
     row = rollouts.iloc[0]
-    assert len(row.token_ids) == len(row.old_logp) == len(row.new_logp) == len(row.rollout_logp) == len(row.entropy) > 0
+    assert len(row.token_ids) == len(row.old_logp) == len(row.new_logp) == len(row.behavior_logp) == len(row.entropy) > 0
     assert all(0.0 <= e <= float(torch.log(torch.tensor(float(model.config.vocab_size)))) + 1e-4 for e in row.entropy)
     problems_table = rd.problems()
     assert set(problems_table.columns) >= {"step", "problem_id", "attempts", "successes"}
@@ -90,12 +90,12 @@ def test_train_updates_parameters_and_writes_the_run_directory(tmp_path, problem
     assert np.allclose(np.sort(by_epoch[by_epoch.epoch == 2].log_ratio), np.sort(last.log_ratio))
 
 
-def test_rollout_logprobs_match_the_learner(tmp_path, problems):
+def test_behavior_logprobs_match_the_learner(tmp_path, problems):
     """Left padding, temperature and the chunked head must agree with generate's own sampling scores."""
     model, tok = build_toy_model(seed=1)
     cfg = RunConfig.from_preset("grpo", run_dir=str(tmp_path / "r"), temperature=0.7, **{**SMALL, "num_steps": 1})
     run = train(cfg, policy=model, processor=tok, problems=problems, progress=False)
-    assert run.history[0]["rollout/logp_mismatch"] < 1e-4
+    assert run.history[0]["mismatch/abs_mean"] < 1e-4
 
 
 @pytest.mark.parametrize("preset", ["cpgd", "dapo", "grpo"])
@@ -288,7 +288,7 @@ def test_multimodal_step_on_the_tiny_vl_model_keeps_the_vision_tower_frozen(tmp_
     assert all(torch.equal(p, vision[n]) for n, p in model.named_parameters() if "visual" in n)
     assert any(not torch.equal(p, language[n]) for n, p in model.named_parameters() if "visual" not in n)
     # Image placeholders are suppressed in sampling, so the only log-prob gap is their (small) mass.
-    assert run.history[-1]["rollout/logp_mismatch"] < 0.1
+    assert run.history[-1]["mismatch/abs_mean"] < 0.1
 
 
 @pytest.mark.parametrize("preset", ["pg", "cpg", "pgd", "grpo_kl", "grpo_dual_clip", "rloo", "reinforce_pp",

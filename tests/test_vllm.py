@@ -79,7 +79,7 @@ def test_rollouts_have_the_record_shapes_and_decode_their_ids(policy, problems):
 
     B, K = 16, 4
     assert ro.prompt_ids.shape == ro.prompt_mask.shape and ro.prompt_ids.shape[0] == B
-    assert ro.completion_ids.shape == ro.completion_mask.shape == ro.rollout_logp.shape
+    assert ro.completion_ids.shape == ro.completion_mask.shape == ro.behavior_logp.shape
     assert ro.completion_ids.shape[0] == B and ro.completion_ids.shape[1] <= cfg.max_len
     assert ro.problem_index.tolist() == [i // K for i in range(B)]
     # The prompts are our own encoding, K times each, left-padded.
@@ -95,7 +95,7 @@ def test_rollouts_have_the_record_shapes_and_decode_their_ids(policy, problems):
         else:
             assert n == cfg.max_len and (row != tok.eos_token_id).all()
         assert ro.texts[i] == tok.decode(row[row != tok.eos_token_id].tolist(), skip_special_tokens=False)
-        assert (ro.rollout_logp[i, :n] < 0).all() and (ro.rollout_logp[i, n:] == 0).all()
+        assert (ro.behavior_logp[i, :n] < 0).all() and (ro.behavior_logp[i, n:] == 0).all()
     assert len(set(ro.texts)) > 1, "every sample identical: the per-request seeds collide"
     # Seeded from our generator: the same seed gives the same rollouts.
     again = rollout.generate(model, tok, problems[:4], cfg, torch.Generator().manual_seed(0))
@@ -112,7 +112,7 @@ def test_a_rollout_larger_than_one_scheduler_step(policy, problems):
     budget = rollout_vllm._engine.llm.llm_engine.vllm_config.scheduler_config.max_num_batched_tokens
     assert int(ro.prompt_mask.sum()) > budget
     assert len(ro.texts) == 128
-    assert masked_max_diff(ro.rollout_logp, batched_logprobs(model, ro, cfg), ro.completion_mask) < LOGP_ATOL
+    assert masked_max_diff(ro.behavior_logp, batched_logprobs(model, ro, cfg), ro.completion_mask) < LOGP_ATOL
 
 
 def test_greedy_completions_equal_transformers_greedy(policy, problems):
@@ -122,8 +122,8 @@ def test_greedy_completions_equal_transformers_greedy(policy, problems):
     hf = rollout.generate_hf(model, tok, problems[:8], cfg, greedy=True, num_samples=2)
     assert engine.texts == hf.texts
     assert torch.equal(engine.completion_ids, hf.completion_ids) and engine.finish_reasons == hf.finish_reasons
-    # Greedy rollout_logp are temperature-1 log-probs in both backends.
-    assert masked_max_diff(engine.rollout_logp, hf.rollout_logp, hf.completion_mask) < LOGP_ATOL
+    # Greedy behavior_logp are temperature-1 log-probs in both backends.
+    assert masked_max_diff(engine.behavior_logp, hf.behavior_logp, hf.completion_mask) < LOGP_ATOL
 
 
 def test_weights_pushed_after_an_optimizer_step_reach_the_engine(policy, problems):
@@ -138,7 +138,7 @@ def test_weights_pushed_after_an_optimizer_step_reach_the_engine(policy, problem
     mask = ro.completion_mask.float()
     old = batched_logprobs(model, ro, cfg)
     assert masked_max_diff(engine_logprobs(ro), old, mask) < LOGP_ATOL
-    assert masked_max_diff(ro.rollout_logp, old, mask) < LOGP_ATOL  # the sampler's own log-probs agree too
+    assert masked_max_diff(ro.behavior_logp, old, mask) < LOGP_ATOL  # the sampler's own log-probs agree too
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
     loss = -(completion_logprobs(model, ro, torch.arange(len(ro.texts)), cfg) * mask).sum() / mask.sum()
@@ -152,7 +152,7 @@ def test_weights_pushed_after_an_optimizer_step_reach_the_engine(policy, problem
     assert masked_max_diff(engine_logprobs(ro), new, mask) < LOGP_ATOL
     # Fresh samples for prompts the engine has seen: no KV computed with the old weights may be reused.
     fresh = rollout.generate(model, tok, long, cfg, torch.Generator().manual_seed(2))
-    assert masked_max_diff(fresh.rollout_logp, batched_logprobs(model, fresh, cfg), fresh.completion_mask) < LOGP_ATOL
+    assert masked_max_diff(fresh.behavior_logp, batched_logprobs(model, fresh, cfg), fresh.completion_mask) < LOGP_ATOL
 
 
 def test_train_two_steps_with_the_vllm_backend(policy, problems, tmp_path, monkeypatch):
@@ -172,7 +172,7 @@ def test_train_two_steps_with_the_vllm_backend(policy, problems, tmp_path, monke
     metrics = open_run(tmp_path / "run").metrics()
     assert len(metrics) == 2 and len(run.history) == 2
     for step in run.history:
-        assert step["rollout/logp_mismatch"] < LOGP_ATOL, step["rollout/logp_mismatch"]
+        assert step["mismatch/abs_mean"] < LOGP_ATOL, step["mismatch/abs_mean"]
         assert torch.isfinite(torch.tensor(step["reward/mean"]))
     ro = rollout.generate(model, tok, problems[:4], RunConfig(**SMALL), torch.Generator().manual_seed(3))
     assert masked_max_diff(engine_logprobs(ro), batched_logprobs(model, ro, cfg), ro.completion_mask) < LOGP_ATOL
@@ -193,4 +193,4 @@ def test_another_policy_gets_its_own_engine_and_the_build_leaves_global_rngs_alo
     assert rollout_vllm._engine is not first and rollout_vllm._engine.policy() is other
     assert torch.equal(torch.get_rng_state(), torch_state) and random.getstate() == py_state
     assert (np.random.get_state()[1] == np_state).all()
-    assert masked_max_diff(ro.rollout_logp, batched_logprobs(other, ro, cfg), ro.completion_mask) < LOGP_ATOL
+    assert masked_max_diff(ro.behavior_logp, batched_logprobs(other, ro, cfg), ro.completion_mask) < LOGP_ATOL

@@ -1002,8 +1002,149 @@ W.show_markdown("\\n".join(lines))
 '''),
 ]
 
+# =============================================================================================
+MISMATCH = [
+    ("md", r"""
+# 15 — Train–inference mismatch: the sampler's μ against the learner's π_old
+
+The rollout engine samples from μ (its precision, temperature / top-k / top-p truncation, possibly stale
+weights); the learner recomputes π_old. Per token ρ = π_old / μ, and every "on-policy" ratio hides it. This
+notebook runs the mismatch lab (`eureka_kit.workbench.mismatch_lab`):
+
+1. **Null runs** (learning rate 0): the policy never moves, so every ρ ≠ 1 is mismatch. One run per injected
+   mismatch — a bf16 sampler, top-p / top-k sampling scored untruncated, a learner temperature the sampler did
+   not use — against the fp32 control, per seed.
+2. **A stale sampler** (weights `lag` steps behind, the asynchronous case): GRPO with no correction, with TIS
+   (weights min(ρ, C)) and with IcePop (tokens with ρ outside [α, β] masked), and on time.
+
+Every comparison is per seed, with its mean, 95% CI and verdict (the evidence engine); formulas in
+docs/algorithms.md §4.10.
+"""),
+    ("params", '''
+profile: str = "quick"  # mismatch_lab.PROFILES: quick (3 seeds) or full (5 seeds)
+run_root: str = "runs/notebooks"  # the lab's cells, runs and mismatch.json go under <run_root>/15_mismatch/<profile>
+workers: int = 2  # worker processes for the cells
+progress: bool = False  # console progress bar
+'''),
+    ("code", '''
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from IPython.display import display
+
+from eureka_kit.engine.runs import open_run
+from eureka_kit.workbench import arms as W
+from eureka_kit.workbench import mismatch_lab as M
+from eureka_kit.workbench import notebook_params as P
+
+params = P.validate(dict(profile=profile, run_root=run_root, workers=workers, progress=progress),
+                    profile=P.choice(M.PROFILES), run_root=P.output_dir, workers=P.positive_int, progress=P.boolean)
+params
+'''),
+    ("code", '''
+out = Path(run_root) / "15_mismatch" / profile
+lab = M.run_lab(profile, out, work=out / "runs", workers=workers, progress=progress)
+prof = lab["profile"]
+print(f"profile {prof['name']}: seeds {prof['seeds']}, null runs {prof['null_steps']} steps, RL {prof['rl_steps']} "
+      f"steps, sampler lag {prof['lag']}; {lab['provenance']['cells_wall_s']:.0f} cell-seconds")
+
+
+def judged_table(rows):
+    def ci(r):
+        return f"{r['effect']:+.3g} [{r['ci_low']:+.3g}, {r['ci_high']:+.3g}]" if "effect" in r else "n/a"
+    return pd.DataFrame([{"comparison": r["comparison"], "claim": r["claim"], "metric": r["metric"],
+                          "seeds": ", ".join(map(str, r["seeds"])),
+                          "per-seed effect": ", ".join(f"{v:+.3g}" for v in r["per_seed_effect"]),
+                          "mean [95% CI]": ci(r), "verdict": r["verdict"]} for r in rows])
+
+
+def long_table(values, key):
+    return pd.DataFrame([{key: name, "metric": metric, "seed": int(seed), "value": value}
+                         for name, metrics in values.items() for metric, by_seed in metrics.items()
+                         for seed, value in by_seed.items()])
+'''),
+    ("md", """
+## 1. Null runs: mismatch with no learning
+
+KL(μ‖π_old) by k3 and the ρ quantiles, averaged over each run's steps. Top-p and top-k renormalise μ over the
+kept tokens, so every sampled token has μ ≥ π_old: ρ ≤ 1, a bias no learning caused.
+"""),
+    ("code", '''
+display(judged_table(lab["judged_null"]))
+null = long_table(lab["null"], "injection")
+null.pivot_table(index="injection", columns="metric", values="value", aggfunc="mean").round(5)
+'''),
+    ("code", '''
+fig = go.Figure()
+for q in ("mismatch/rho_q01", "mismatch/rho_q50", "mismatch/rho_q99"):
+    part = null[null.metric == q]
+    fig.add_trace(go.Box(x=part.injection, y=part.value, name=q.replace("mismatch/rho_q", "ρ quantile 0."),
+                         boxpoints="all"))
+fig.add_hline(y=1.0, line_dash="dot")
+fig.update_layout(boxmode="group", title="ρ = π_old / μ quantiles per null run (dots: seeds)",
+                  xaxis_title="injected mismatch", yaxis_title="ρ (1 = no mismatch)", height=420)
+fig
+'''),
+    ("code", '''
+# The per-token view of one null run: log ρ = old_logp - behavior_logp, read from the rollouts parquet.
+def log_rho(run_dir):
+    rd = open_run(run_dir)
+    df = pd.concat([rd.rollouts(s) for s in rd.rollout_steps()])
+    return np.concatenate([np.asarray(o) - np.asarray(b) for o, b in zip(df.old_logp, df.behavior_logp, strict=True)])
+
+
+seed0 = prof["seeds"][0]
+fig = go.Figure()
+for name in lab["null"]:
+    run_dir = lab["run_dirs"].get(f"null:{name}:{seed0}")
+    if run_dir and Path(run_dir).exists():
+        fig.add_trace(go.Histogram(x=log_rho(run_dir), name=name, opacity=0.6, nbinsx=80))
+fig.update_layout(barmode="overlay", title=f"log ρ per token, null runs (seed {seed0}: descriptive)",
+                  xaxis_title="log ρ = log π_old − log μ", yaxis_title="tokens (log scale)", yaxis_type="log",
+                  height=420)
+fig
+'''),
+    ("md", """
+## 2. A stale sampler, with and without corrections
+
+Each arm trains GRPO with the sampler `lag` steps behind (and one on time); the table gives the pre-declared
+comparisons (test accuracy, pp), the figure the per-seed values.
+"""),
+    ("code", '''
+display(judged_table(lab["judged_rl"]))
+rl = long_table(lab["rl"], "arm")
+rl.pivot_table(index="arm", columns="metric", values="value", aggfunc="mean").round(4)
+'''),
+    ("code", '''
+fig = go.Figure()
+for metric, label in (("math_accuracy", "math test accuracy"), ("mismatch/rho_out_frac", "tokens with ρ ∉ [½, 2]"),
+                      ("correction/masked_frac", "tokens masked by the correction")):
+    part = rl[rl.metric == metric]
+    fig.add_trace(go.Box(x=part.arm, y=part.value, name=label, boxpoints="all"))
+fig.update_layout(boxmode="group", title="per arm (dots: seeds)", xaxis_title="preset / correction / sampler lag",
+                  yaxis_title="share", yaxis_tickformat=".0%", height=420)
+fig
+'''),
+    ("code", '''
+def sentence(r):
+    if "effect" not in r:
+        return f"- {r['comparison']}: {r['verdict']} ({r.get('reason', '')})."
+    return (f"- {r['comparison']} ({r['metric']}): {r['effect']:+.3g} [95% CI {r['ci_low']:+.3g}, "
+            f"{r['ci_high']:+.3g}] over seeds {', '.join(map(str, r['seeds']))}: **{r['verdict']}**.")
+
+
+lines = ["**What this shows** (every line: mean over seeds with its 95% CI and the verdict):"]
+lines += [sentence(r) for r in lab["judged_null"] + lab["judged_rl"]]
+W.show_markdown("\\n".join(lines))
+'''),
+]
+
+
 NOTEBOOKS = {"00_tour": TOUR, "10_kl_removal": KL, "11_clipping": CLIP, "12_solved_vs_never_solved": SOLVED,
-             "13_rl_vs_sft_generalization": GEN, "14_process_rewards": PRM, "20_ratio_explorer": EXPLORER}
+             "13_rl_vs_sft_generalization": GEN, "14_process_rewards": PRM, "15_train_inference_mismatch": MISMATCH,
+             "20_ratio_explorer": EXPLORER}
 
 
 def main(names: list[str]) -> None:

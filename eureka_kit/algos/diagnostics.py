@@ -35,12 +35,13 @@ def policy_stats(
 
     Args:
         log_ratio: [B, T] delta = logp - old_logp. adv: [B, T]. mask: [B, T] 0/1.
-        clip_info: the surrogate's bool masks (clipped_low, clipped_high, optionally dual_clipped).
+        clip_info: the surrogate's bool masks (clipped_low, clipped_high, optionally dual_clipped, cov_selected).
         drift_clip: CPGD's c, for `drift/capped_frac`.
     Returns:
         policy/ratio_{mean,min,max,p0_1,p1,p50,p99,p99_9}, policy/log_ratio_abs_max, policy/ratio_tail_frac,
         policy/approx_kl (k3 of KL(pi_old || pi_theta): the policy drift), policy/clipfrac_{low,high},
-        policy/clipfrac, policy/dual_clipfrac (when dual-clip is on), drift/coef_mean, drift/capped_frac.
+        policy/clipfrac, policy/dual_clipfrac (when dual-clip is on), policy/cov_selected_frac (clip_cov, kl_cov),
+        drift/coef_mean, drift/capped_frac.
     """
     valid = mask.bool()
     delta = log_ratio[valid].double()
@@ -67,6 +68,8 @@ def policy_stats(
     stats.update({"policy/clipfrac_low": low, "policy/clipfrac_high": high, "policy/clipfrac": low + high})
     if "dual_clipped" in clip_info:
         stats["policy/dual_clipfrac"] = clip_info["dual_clipped"][valid].double().mean().item()
+    if "cov_selected" in clip_info:  # clip_cov (gradient detached) / kl_cov (penalised)
+        stats["policy/cov_selected_frac"] = clip_info["cov_selected"][valid].double().mean().item()
     stats["adv/token_mean"] = adv[valid].double().mean().item()
     return stats
 

@@ -13,19 +13,21 @@ never logged as one. Exponentials of log-ratios are taken after clamping to [-20
 only changes values where the ratio exceeds e^20.
 
 References: CPGD arXiv 2505.12504; PPO 1707.06347; dual-clip 1912.09729; CISPO 2506.13585;
-GSPO 2507.18071; Dr. GRPO 2503.20783; DAPO 2503.14476; k1/k2/k3 http://joschu.net/blog/kl-approx.html
+GSPO 2507.18071; Dr. GRPO 2503.20783; DAPO 2503.14476; k1/k2/k3 http://joschu.net/blog/kl-approx.html;
+SAPO 2511.20347; GMPO 2507.20673; Clip-Cov/KL-Cov 2505.22617; DPPO 2602.04879; LUSPO 2602.05261
 """
 
 from __future__ import annotations
 
 import inspect
 import math
+import zlib
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from eureka_kit.algos import diagnostics
+from eureka_kit.algos import diagnostics, mismatch
 from eureka_kit.config import AGGREGATIONS, KL_ESTIMATORS, ConfigError, RunConfig
 
 LOG_RATIO_CLAMP = 20.0
@@ -182,6 +184,158 @@ def _per_sequence(adv: Tensor, mask: Tensor) -> Tensor:
     return (adv * mask).sum(dim=1, keepdim=True) / mask.sum(dim=1, keepdim=True).clamp(min=1)
 
 
+# ---------------------------------------------------------------------------------------------
+# Post-CPGD objectives (docs/algorithms.md §3.15-3.20). Those that read the per-token log-probs take a `logp`
+# argument (the masked logp, `surrogate(..., logp=)`); they use it only through detached selections.
+
+
+def sapo_loss(log_ratio: Tensor, adv: Tensor, sapo_tau_pos: float, sapo_tau_neg: float
+              ) -> tuple[Tensor, dict[str, Tensor]]:
+    """SAPO (Qwen, arXiv 2511.20347): loss = -(4/tau) * sigmoid(tau * (r - 1)) * A, no clip.
+
+    tau = sapo_tau_pos (1.0) where A > 0, else sapo_tau_neg (1.05; A = 0 contributes nothing either way), the
+    paper's, TRL's (`sapo_temperature_pos/neg`) and verl's (`tau_pos/neg`) defaults and sign rule. Gradient
+    -4 sigma'(tau(r - 1)) * r * A: exactly -A at r = 1 (sigma'(0) = 1/4), the on-policy PG, decaying smoothly
+    off-policy (a soft trust region instead of a hard clip) and faster for A < 0 since tau_neg > tau_pos.
+    The value at r = 1 is -2A/tau (not 0). No gradient is ever cut, so no clip masks are returned.
+    As in the paper, TRL and verl: a token-level gate (verl forces seq-mean-token-mean; the preset names it).
+    """
+    ratio = _safe_exp(log_ratio)
+    tau = torch.where(adv > 0, torch.full_like(ratio, sapo_tau_pos), torch.full_like(ratio, sapo_tau_neg))
+    gate = torch.sigmoid(tau * (ratio - 1)) * (4 / tau)
+    return -gate * adv, {}
+
+
+def gmpo_loss(log_ratio: Tensor, adv: Tensor, mask: Tensor, eps_low: float, eps_high: float
+              ) -> tuple[Tensor, dict[str, Tensor]]:
+    """GMPO (arXiv 2507.20673; verl `loss_mode: geo_mean`): per response, loss_k = -A_k * exp(mean_t u_t),
+    u_t = s * min(s * delta_t, s * clip(delta_t, -eps_low, eps_high)), s = sign(A_k).
+
+    The geometric mean of the token ratios, each clipped in LOG space: here eps_low / eps_high are log-ratio
+    bounds [-eps_low, eps_high] (the paper's and verl's example: 0.4 both sides, i.e. r in [e^-0.4, e^0.4]), not
+    the 1 -/+ eps ratio bounds of `ppo_clip`, and eps_low >= 1 is just a wide bound, not "off". As in PPO the clip
+    is one-sided in the direction of A: for A > 0 a token above eps_high is held at eps_high (`clipped_high`,
+    no gradient), for A < 0 one below -eps_low is held at -eps_low (`clipped_low`). A per-token `adv` is reduced
+    to its masked mean per response (verl does the same). The loss is broadcast to every valid token, so
+    seq-mean-token-mean gives (1/B) sum_k loss_k, verl's mean over responses; the unclipped gradient per token
+    is -A_k exp(mean u) / |y_k|, i.e. -A * the aggregation weight at r = 1 (under every aggregation).
+    exp is taken after clamping to [-20, 20] (verl leaves its clamp commented out).
+    """
+    seq_adv = _per_sequence(adv, mask)
+    clipped_high = (seq_adv > 0) & (log_ratio > eps_high)
+    clipped_low = (seq_adv < 0) & (log_ratio < -eps_low)
+    u = torch.where(clipped_high | clipped_low, log_ratio.detach().clamp(-eps_low, eps_high), log_ratio)
+    mean_u = (u * mask).sum(dim=1, keepdim=True) / mask.sum(dim=1, keepdim=True).clamp(min=1)
+    loss = -seq_adv * _safe_exp(mean_u)
+    return loss.expand_as(log_ratio), {"clipped_low": clipped_low & mask.bool(), "clipped_high": clipped_high & mask.bool()}
+
+
+def _token_covariance(logp: Tensor, adv: Tensor, valid: Tensor) -> Tensor:
+    """Cov_t = (logp_t - mean logp)(A_t - mean A), means over the valid tokens of the batch given; detached [B, T]."""
+    n = valid.sum().clamp(min=1)
+    lp, a = logp.detach(), adv.detach()
+    mean_lp = torch.where(valid, lp, torch.zeros_like(lp)).sum() / n
+    mean_a = torch.where(valid, a, torch.zeros_like(a)).sum() / n
+    return (lp - mean_lp) * (a - mean_a)
+
+
+def _content_seed(*tensors: Tensor) -> int:
+    """A seed computed from the tensors' values (crc32 of their float64 bytes): equal inputs, equal draw."""
+    seed = 0
+    for x in tensors:
+        seed = zlib.crc32(x.detach().to(torch.float64).cpu().numpy().tobytes(), seed)
+    return seed
+
+
+def clip_cov_loss(
+    log_ratio: Tensor, adv: Tensor, mask: Tensor, logp: Tensor, eps_low: float, eps_high: float,
+    clip_cov_ratio: float, clip_cov_lb: float, clip_cov_ub: float,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Clip-Cov ("The Entropy Mechanism of RL for Reasoning LMs", arXiv 2505.22617; verl `clip_cov`).
+
+    The `ppo_clip` loss (eps_low / eps_high), except that among the valid tokens not already clipped whose
+    Cov_t = (logp_t - mean logp)(A_t - mean A) lies in (clip_cov_lb, clip_cov_ub) (strict, verl: 1, 5),
+    max(1, int(clip_cov_ratio * #valid tokens)) (verl: 2e-4) are drawn at random and their gradient detached
+    (`cov_selected`). Means are over the valid tokens of the batch the loss sees (a micro-batch in training,
+    as in verl), so the selection depends on the micro-batching.
+    Reproducible draw: a `torch.Generator` seeded with crc32 of (logp, A, mask) values (`_content_seed`), so
+    equal inputs select equal tokens (verl uses the global RNG's randperm).
+    Differs from verl in the value only: verl multiplies the selected tokens' loss by 0, here it is kept but
+    detached (the paper's "detach their gradients"); the gradient is the same.
+    """
+    loss, info = ppo_clip_loss(log_ratio, adv, eps_low, eps_high)
+    valid = mask.bool()
+    cov = _token_covariance(logp, adv, valid)
+    candidates = valid & ~info["clipped_low"] & ~info["clipped_high"] & (cov > clip_cov_lb) & (cov < clip_cov_ub)
+    index = candidates.flatten().nonzero().squeeze(1)
+    n_pick = max(int(clip_cov_ratio * int(valid.sum())), 1)
+    gen = torch.Generator().manual_seed(_content_seed(logp, adv, mask))
+    picked = index[torch.randperm(index.numel(), generator=gen)[:n_pick].to(index.device)]
+    selected = torch.zeros(valid.numel(), dtype=torch.bool, device=valid.device)
+    selected[picked] = True
+    selected = selected.view_as(valid)
+    info["cov_selected"] = selected
+    return torch.where(selected, loss.detach(), loss), info
+
+
+def kl_cov_loss(log_ratio: Tensor, adv: Tensor, mask: Tensor, logp: Tensor, kl_cov_ratio: float,
+                kl_cov_coef: float) -> tuple[Tensor, dict[str, Tensor]]:
+    """KL-Cov (arXiv 2505.22617; verl `kl_cov`): loss = -r * A, plus kl_cov_coef * |delta| on the top-k tokens by Cov_t.
+
+    k = max(1, int(kl_cov_ratio * #valid tokens)) (verl: ratio 2e-4, `ppo_kl_coef` 0.1), Cov_t as in
+    `clip_cov_loss` (batch means over valid tokens), `torch.topk` (deterministic). The base term is the
+    UNCLIPPED ratio objective, as in the paper (KL-Cov replaces the clip) and verl; no PPO clip is applied, so
+    eps_low / eps_high are unused. Penalty gradient kl_cov_coef * sign(delta): 0 at r = 1 (torch's d|x| at 0),
+    so the on-policy gradient is -A. `cov_selected` marks the penalised tokens; no gradient is cut.
+    """
+    valid = mask.bool()
+    cov = _token_covariance(logp, adv, valid).masked_fill(~valid, -math.inf)
+    n_valid = int(valid.sum())
+    k = min(max(int(kl_cov_ratio * n_valid), 1), n_valid)
+    selected = torch.zeros(valid.numel(), dtype=torch.bool, device=valid.device)
+    selected[cov.flatten().topk(k).indices] = True
+    selected = selected.view_as(valid)
+    penalty = torch.where(selected, kl_cov_coef * log_ratio.abs(), torch.zeros_like(log_ratio))
+    return -adv * _safe_exp(log_ratio) + penalty, {"cov_selected": selected}
+
+
+def dppo_tv_loss(log_ratio: Tensor, adv: Tensor, logp: Tensor, dppo_delta: float
+                 ) -> tuple[Tensor, dict[str, Tensor]]:
+    """DPPO, binary-TV mask (arXiv 2602.04879; prime-rl's default loss): loss = -r * A where the token is inside
+    the trust region, the same value held constant (no gradient) where it is not.
+
+    The sampled token's probability shift p - p_old (p = exp(logp), p_old = exp(logp - delta): the binary TV
+    estimate of the divergence at that state is |p - p_old|) replaces PPO's ratio test, one-sided in the
+    direction of A like PPO's mask: A > 0 and p - p_old > dppo_delta -> `clipped_high`; A < 0 and
+    p - p_old < -dppo_delta -> `clipped_low`. dppo_delta = 0.2 on both sides (prime-rl `dppo_mask_low/high`).
+    Differences: prime-rl and the authors' verl code multiply masked tokens by 0 (value 0, same gradient);
+    prime-rl's default loss also adds a Kimi-K2.5 term kl_tau * delta^2 (1e-3), not included here (use
+    `kl_coef` for a reference KL); the authors' verl code caps the IS weight at 10. The trust region is
+    anchored at old_logp, the learner's pi_old: the paper anchors at the sampler's log-probs, which equal it
+    when the rollout and the learner agree (the toy world's default).
+    """
+    lp = logp.detach()
+    shift = lp.exp() - (lp - log_ratio.detach()).exp()
+    clipped_high = (adv > 0) & (shift > dppo_delta)
+    clipped_low = (adv < 0) & (shift < -dppo_delta)
+    ratio = _safe_exp(log_ratio)
+    objective = torch.where(clipped_high | clipped_low, adv * ratio.detach(), adv * ratio)
+    return -objective, {"clipped_low": clipped_low, "clipped_high": clipped_high}
+
+
+def luspo_loss(log_ratio: Tensor, adv: Tensor, mask: Tensor, eps_low: float, eps_high: float
+               ) -> tuple[Tensor, dict[str, Tensor]]:
+    """LUSPO (arXiv 2602.05261; TRL `loss_type="luspo"`): the `gspo_loss` of each response times its length |y_k|.
+
+    With seq-mean-token-mean this is (1/B) sum_k |y_k| loss_k, TRL's `(per_token_loss * mask.sum(1)).mean()`;
+    the unclipped gradient per token is -A_k s_k (GSPO's -A_k s_k / |y_k| without the 1/|y_k|), so at r = 1 it is
+    -A * |y_k| * the aggregation weight. Clip range as the paper (§5.1, per TRL's paper index): 2e-3 / 2.5e-3.
+    The sequence log-ratio is clamped at 10 before exp as in `gspo_loss` (verl); TRL does not clamp.
+    """
+    loss, info = gspo_loss(log_ratio, adv, mask, eps_low, eps_high)
+    return loss * mask.sum(dim=1, keepdim=True), info
+
+
 SURROGATES = {
     "pg": pg_loss,
     "cpg": cpg_loss,
@@ -190,6 +344,12 @@ SURROGATES = {
     "cispo_verl": cispo_verl_loss,
     "gspo": gspo_loss,
     "gspo_token": gspo_token_loss,
+    "sapo": sapo_loss,
+    "gmpo": gmpo_loss,
+    "clip_cov": clip_cov_loss,
+    "kl_cov": kl_cov_loss,
+    "dppo_tv": dppo_tv_loss,
+    "luspo": luspo_loss,
 }
 
 
@@ -306,12 +466,18 @@ def masked_inputs(logp: Tensor, old_logp: Tensor, adv: Tensor, mask: Tensor
     return valid.to(logp.dtype), logp_v, old_v, logp_v - old_v, torch.where(valid, adv_t, zeros)
 
 
-def surrogate(log_ratio: Tensor, adv: Tensor, fmask: Tensor, cfg: RunConfig) -> tuple[Tensor, dict[str, Tensor]]:
+def surrogate(log_ratio: Tensor, adv: Tensor, fmask: Tensor, cfg: RunConfig, logp: Tensor | None = None
+              ) -> tuple[Tensor, dict[str, Tensor]]:
     """Per-token surrogate of `cfg.surrogate` ([B, T]) and its clip info: each surrogate takes the config fields
-    its signature names (eps_low, eps_high, dual_clip, ...), and the mask when it asks for one."""
+    its signature names (eps_low, eps_high, dual_clip, ...), the mask when it asks for `mask`, and the masked
+    log-probs (`masked_inputs`' logp) when it asks for `logp` (clip_cov, kl_cov, dppo_tv)."""
     fn = SURROGATES[cfg.surrogate]
-    kwargs = {name: (fmask if name == "mask" else getattr(cfg, name))
+    inputs = {"mask": fmask, "logp": logp}
+    kwargs = {name: (inputs[name] if name in inputs else getattr(cfg, name))
               for name in inspect.signature(fn).parameters if name not in ("log_ratio", "adv")}
+    if "logp" in kwargs and logp is None:
+        raise ValueError(f"logp: surrogate {cfg.surrogate!r} needs the per-token log-probs; call "
+                         "surrogate(..., logp=logp_v) with masked_inputs' logp")
     return fn(log_ratio, adv, **kwargs)
 
 
@@ -323,10 +489,11 @@ def policy_loss(
     *,
     preset: str = "cpgd",
     ref_logp: Tensor | None = None,
+    behavior_logp: Tensor | None = None,
     cfg: RunConfig | None = None,
     **overrides: Any,
 ) -> tuple[Tensor, dict[str, float]]:
-    """The full policy loss of a preset: aggregate(surrogate + drift_coef * E + kl_coef * KL).
+    """The full policy loss of a preset: aggregate(correction(surrogate) + drift_coef * E + kl_coef * KL).
 
     Args:
         logp: [B, T] log-probs of the sampled tokens under the current policy (requires grad).
@@ -335,9 +502,13 @@ def policy_loss(
         mask: [B, T] response-token mask; masked tokens get exactly zero gradient, whatever their values.
         preset: name in `config.PRESETS`; ignored when `cfg` is given.
         ref_logp: [B, T] reference-model log-probs; required when kl_coef > 0.
+        behavior_logp: [B, T] log-probs under the distribution the sampler drew from (mu); required by the
+            corrections tis, icepop and opsm (`mismatch.correct`). A correction weights the surrogate term; a
+            token it drops leaves every term and the aggregation's denominator.
         cfg: a RunConfig to take the algorithm choices from.
         overrides: RunConfig field names (eps_low, eps_high, dual_clip, drift_coef, drift_clip, kl_coef,
-            kl_estimator, aggregation, group_size, max_len, surrogate, ...).
+            kl_estimator, aggregation, group_size, max_len, surrogate, correction, correction_level,
+            correction_cap, correction_low, correction_high, opsm_delta, m2po_tau, ...).
     Returns:
         (loss, stats): scalar loss differentiable w.r.t. `logp`; stats maps slash-grouped metric names
         (docs/algorithms.md "Logged metrics") to floats.
@@ -349,10 +520,14 @@ def policy_loss(
     valid = mask.bool()
     fmask, logp_v, old_v, log_ratio, adv_t = masked_inputs(logp, old_logp, adv, mask)
     zeros = torch.zeros_like(logp)
-    per_token_surrogate, clip_info = surrogate(log_ratio, adv_t, fmask, cfg)
+    per_token_surrogate, clip_info = surrogate(log_ratio, adv_t, fmask, cfg, logp=logp_v)
+    kept, correction_stats = fmask, {}
+    if cfg.correction != "none":
+        per_token_surrogate, kept, correction_stats = mismatch.correct(
+            per_token_surrogate, fmask, cfg, logp=logp_v, old_logp=old_v, behavior_logp=behavior_logp, adv=adv_t)
 
     def agg(x: Tensor) -> Tensor:
-        return aggregate(x, fmask, cfg.aggregation, group_size=cfg.group_size, max_len=cfg.max_len)
+        return aggregate(x, kept, cfg.aggregation, group_size=cfg.group_size, max_len=cfg.max_len)
 
     loss_policy = agg(per_token_surrogate)
     loss = loss_policy
@@ -370,6 +545,7 @@ def policy_loss(
         stats["loss/kl"] = loss_kl.item()
     stats["loss/total"] = loss.item()
     stats.update(diagnostics.policy_stats(log_ratio.detach(), adv_t, fmask, clip_info, drift_clip=cfg.drift_clip))
+    stats.update(correction_stats)
     if ref_logp is not None:
         stats.update(diagnostics.reference_kl_stats(logp_v.detach(), ref_v if cfg.kl_coef > 0 else
                                                     torch.where(valid, ref_logp, zeros), fmask))

@@ -24,8 +24,9 @@ class Rollouts:
     """One batch of sampled responses (B = prompts x K rows).
 
     prompt_ids [B, P] left-padded, prompt_mask [B, P]; completion_ids [B, T] right-padded,
-    completion_mask [B, T] (1 up to and including EOS); rollout_logp [B, T] fp32 log-probs of the sampled
-    tokens under the sampling distribution (temperature applied); texts: decoded completions;
+    completion_mask [B, T] (1 up to and including EOS); behavior_logp [B, T] fp32 log-probs of the sampled
+    tokens under the distribution the sampler actually drew from (mu: its weights and precision, after
+    temperature, top-k, top-p; `extras["has_behavior_logp"]` False when a backend could not record them); texts: decoded completions;
     finish_reasons: "stop" | "length"; problem_index [B]: row of `problems` each response answers;
     mm_inputs: per-row multimodal tensors (e.g. pixel_values split by row) or None.
     """
@@ -34,7 +35,7 @@ class Rollouts:
     prompt_mask: Tensor
     completion_ids: Tensor
     completion_mask: Tensor
-    rollout_logp: Tensor
+    behavior_logp: Tensor
     texts: list[str]
     finish_reasons: list[str]
     problem_index: Tensor
@@ -56,7 +57,7 @@ class Rollouts:
         return Rollouts(
             prompt_ids=self.prompt_ids[index], prompt_mask=self.prompt_mask[index],
             completion_ids=self.completion_ids[index], completion_mask=self.completion_mask[index],
-            rollout_logp=self.rollout_logp[index], texts=[self.texts[i] for i in rows],
+            behavior_logp=self.behavior_logp[index], texts=[self.texts[i] for i in rows],
             finish_reasons=[self.finish_reasons[i] for i in rows], problem_index=self.problem_index[index],
             problems=self.problems, mm_inputs=None if self.mm_inputs is None else [self.mm_inputs[i] for i in rows],
             extras=dict(self.extras),
@@ -81,7 +82,7 @@ class Rollouts:
             prompt_mask=torch.cat([pad_left(p.prompt_mask, 0) for p in parts]),
             completion_ids=torch.cat([pad_right(p.completion_ids, pad_id) for p in parts]),
             completion_mask=torch.cat([pad_right(p.completion_mask, 0) for p in parts]),
-            rollout_logp=torch.cat([pad_right(p.rollout_logp, 0.0) for p in parts]),
+            behavior_logp=torch.cat([pad_right(p.behavior_logp, 0.0) for p in parts]),
             texts=[t for p in parts for t in p.texts],
             finish_reasons=[r for p in parts for r in p.finish_reasons],
             problem_index=torch.cat(index), problems=problems, mm_inputs=mm, extras=dict(parts[0].extras),

@@ -52,19 +52,22 @@ def completion_hidden(policy, ro: Rollouts, rows: Tensor, cfg: RunConfig):
 
 
 def completion_logprobs(policy, ro: Rollouts, rows: Tensor, cfg: RunConfig, *, with_entropy: bool = False):
-    """Per-token log-probs (at the sampling temperature) of `ro`'s completions `rows` under `policy`.
+    """Per-token log-probs (at the sampling temperature, or `cfg.learner_temperature` when set: an injected
+    mismatch) of `ro`'s completions `rows` under `policy`. Never top-k/top-p truncated: pi_old is the full
+    distribution, as in every peer framework (truncated sampling is a mismatch the metrics show).
 
     Projects only the completion positions (`completion_hidden`), chunked: never a [B, T, V] fp32 tensor
     (under ZeRO-3 the head runs as a module call, so one micro-batch's logits exist in the model's dtype).
     Returns logp [b, T] fp32 (and entropy [b, T] when asked).
     """
     hidden, weight, bias, targets = completion_hidden(policy, ro, rows, cfg)
+    temperature = cfg.learner_temperature or cfg.temperature
     if hasattr(weight, "ds_id"):  # DeepSpeed ZeRO-3: the head's weight is whole only inside its module's call
         logits = policy.get_output_embeddings()(hidden.to(weight.dtype))
         return ops.token_logprobs_from_logits(logits, targets, chunk_size=cfg.logprob_chunk_size,
-                                              temperature=cfg.temperature, return_entropy=with_entropy)
+                                              temperature=temperature, return_entropy=with_entropy)
     return ops.token_logprobs_from_hidden(hidden, weight, targets, chunk_size=cfg.logprob_chunk_size, bias=bias,
-                                          temperature=cfg.temperature, return_entropy=with_entropy)
+                                          temperature=temperature, return_entropy=with_entropy)
 
 
 def takes_old_logp_from_learner(cfg: RunConfig, B: int, world_size: int = 1) -> bool:

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from eureka_kit.algos import advantages, diagnostics, filters, losses
+from eureka_kit.algos import advantages, diagnostics, filters, losses, mismatch
 from eureka_kit.config import RunConfig
 from eureka_kit.data import rewards
 from eureka_kit.data.problems import ProblemStream, load_problems
@@ -43,6 +43,7 @@ from eureka_kit.engine.learner import make_learner
 from eureka_kit.engine.logprobs import batched_logprobs, completion_logprobs, takes_old_logp_from_learner
 from eureka_kit.engine.rollout_vllm import sync_weights as sync_vllm_weights
 from eureka_kit.engine.runs import Run, RunDir
+from eureka_kit.engine.sampler import Sampler
 from eureka_kit.engine.session import BadSteps, finish, progress_bar, start_policy
 from eureka_kit.models import tokenizer_of
 
@@ -79,6 +80,7 @@ def train(cfg: RunConfig, *, policy=None, processor=None, problems: list[dict] |
         f"{count} consecutive steps had only NaN/Inf losses or gradients (last: step {step}); the run stopped. The "
         f"last good checkpoint is kept in {run_dir.path / 'checkpoints'}; lower lr or inspect {run_dir.path / 'rollouts'}."))
     bar = progress_bar(cfg, start, world, progress)
+    sampler = Sampler(cfg)
     stage, cfg = 0, cfg.stage_config(0)  # from here on `cfg` is the current stage's config (run.cfg: the run's)
     for step in bar:
         if run.cfg.stage_at(step) != stage:  # a new stage begins, or a resumed run starts inside a later one
@@ -88,8 +90,9 @@ def train(cfg: RunConfig, *, policy=None, processor=None, problems: list[dict] |
         t0 = time.perf_counter()
         # rollout -> reward -> filter
         policy.eval()
-        with learner.full_weights():
-            ro, scored, metrics, verifier_error = collect_batch(policy, processor, stream, cfg, gen, world)
+        with learner.full_weights():  # the sampler: the policy, or a stale / low-precision copy (injected mismatch)
+            ro, scored, metrics, verifier_error = collect_batch(sampler.for_rollout(policy), processor, stream, cfg,
+                                                                gen, world)
         policy.train()
         t_rollout = time.perf_counter() - t0
         metrics["step"] = step
@@ -156,6 +159,7 @@ def update(policy, learner, ro: Rollouts, adv: Tensor, mask: Tensor, cfg: RunCon
     else:
         old_logp, entropy = batched_logprobs(policy, ro, cfg, with_entropy=True)  # (B, T)
     ref_logp = batched_logprobs(ref_policy, ro, cfg) if ref_policy is not None else None
+    behavior_logp = ro.behavior_logp if ro.extras.get("has_behavior_logp") else None
     out = Update(old_logp, old_logp.clone(), entropy)
     nonfinite = 0
     for _epoch in range(cfg.update_epochs):
@@ -175,7 +179,8 @@ def update(policy, learner, ro: Rollouts, adv: Tensor, mask: Tensor, cfg: RunCon
                     logp = completion_logprobs(policy, ro, micro, cfg)
                 loss, stats = losses.policy_loss(
                     logp, old_logp[micro].to(logp.device), adv[micro].to(logp.device), mask[micro].to(logp.device),
-                    cfg=cfg, ref_logp=None if ref_logp is None else ref_logp[micro].to(logp.device))
+                    cfg=cfg, ref_logp=None if ref_logp is None else ref_logp[micro].to(logp.device),
+                    behavior_logp=None if behavior_logp is None else behavior_logp[micro].to(logp.device))
                 weight = losses.aggregation_units(mask[micro], cfg.aggregation, group_size=cfg.group_size) / max(units, 1e-9)
                 if not learner.backward(loss * weight, last=i == len(micros) - 1):
                     nonfinite += 1  # a NaN/Inf loss poisons the whole minibatch: the step is skipped
@@ -209,8 +214,9 @@ def step_metrics(ro: Rollouts, scored: dict[str, Tensor], adv: Tensor, mask: Ten
         "reward/frac_zero_std": zero_std,
         "rollout/len_mean": ro.lengths.float().mean().item(),
         "rollout/truncated_frac": ro.truncated.float().mean().item(),
-        "rollout/logp_mismatch": ((ro.rollout_logp - upd.old_logp).abs() * mask).sum().item() / valid_tokens.item()
-        if ro.extras.get("has_rollout_logp", True) else float("nan"),
+        # raw train-inference mismatch of the sampler (mu) against the learner (pi_old), before any correction
+        **(mismatch.mismatch_stats(upd.old_logp, ro.behavior_logp, mask) if ro.extras.get("has_behavior_logp")
+           else {}),
         "policy/entropy": (upd.entropy * mask).sum().item() / valid_tokens.item(),
         "optim/grad_norm": float(np.mean(upd.grad_norms)) if upd.grad_norms else float("nan"),
         "optim/lr": learner.lr,
@@ -320,7 +326,7 @@ def _rollout_rows(step, ro: Rollouts, scored, adv, old_logp, new_logp, entropy, 
             "format": float(scored["format"][i]), "advantage": float(adv[i, :n].mean() if adv.dim() == 2 else adv[i]),
             "token_ids": ro.completion_ids[i, :n].tolist(),
             "tokens": tokenizer_of(processor).convert_ids_to_tokens(ro.completion_ids[i, :n].tolist()),
-            "rollout_logp": ro.rollout_logp[i, :n].tolist(), "old_logp": old_logp[i, :n].tolist(),
+            "behavior_logp": ro.behavior_logp[i, :n].tolist(), "old_logp": old_logp[i, :n].tolist(),
             "new_logp": new_logp[i, :n].tolist(), "entropy": entropy[i, :n].tolist(), "loss_mask": mask[i, :n].tolist(),
             **({"epoch_logp": [e[i, :n].tolist() for e in epoch_logps]} if epoch_logps else {}),
         })

@@ -270,7 +270,8 @@ def generate_hf(policy, processor, problems: list[dict], cfg, generator: torch.G
 
     The sampler is the lean loop `sample_with_cache` or transformers `generate`, by `uses_lean_loop`; both
     draw the same tokens from the same seed. `greedy=True` decodes greedily (the evaluation
-    protocol); rollout_logp then holds the temperature-1 log-probs of the chosen tokens.
+    protocol); behavior_logp then holds the temperature-1 log-probs of the chosen tokens. Otherwise behavior_logp
+    holds mu, the log-probs under the distribution each token was drawn from (temperature, top-k, top-p applied).
     """
     tok = tokenizer_of(processor)
     device = next(policy.parameters()).device
@@ -287,7 +288,7 @@ def generate_hf(policy, processor, problems: list[dict], cfg, generator: torch.G
             with cpu_decode_attention(policy):
                 completion, logp = sample_with_cache(
                     policy, ids.to(device), attn.to(device), K, cfg.max_len, tok.eos_token_id, pad_id,
-                    greedy=greedy, temperature=cfg.temperature, top_p=cfg.top_p,
+                    greedy=greedy, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
                     min_new_tokens=policy.generation_config.min_new_tokens or 0,
                     generator=None if seed is None else torch.Generator(device).manual_seed(seed))
             completion, logp = completion.cpu(), logp.cpu()
@@ -308,17 +309,49 @@ def generate_hf(policy, processor, problems: list[dict], cfg, generator: torch.G
                              skip_special_tokens=False)
     return Rollouts(
         prompt_ids=ids, prompt_mask=attn, completion_ids=completion, completion_mask=mask,
-        rollout_logp=torch.zeros(mask.shape) if logp is None else torch.where(mask.bool(), logp, 0.0),
+        behavior_logp=torch.where(mask.bool(), logp, 0.0),
         texts=texts, finish_reasons=["stop" if f else "length" for f in finished.tolist()],
         problem_index=torch.arange(len(problems)).repeat_interleave(K), problems=list(problems),
         mm_inputs=None if mm is None else [m for m in mm for _ in range(K)],
-        extras={"pad_id": tok.pad_token_id, "has_rollout_logp": logp is not None},
+        extras={"pad_id": tok.pad_token_id, "has_behavior_logp": True},
     )
 
 
+class BehaviorLogpRecorder:
+    """A logits processor that records, inside transformers `generate`, each drawn token's log-prob under the
+    distribution it was drawn from (mu), without keeping per-step scores (B x T x V: 40 GB at B=256, T=256,
+    V=151,936).
+
+    `generate` runs user processors after its own (EOS blocking, suppressed tokens) and before its temperature,
+    top-k and top-p warpers, so the recorder applies those warpers itself (`ops.sampling_logits`, which
+    reproduces them) and keeps one step's (B, V) log-softmax; the next call sees the token drawn from it as the
+    last input id. `finish(sequences)` gathers the last step's token and returns (B, T) fp32 on the CPU.
+    """
+
+    def __init__(self, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0):
+        self.warp = dict(temperature=temperature, top_k=top_k, top_p=top_p)
+        self.last: Tensor | None = None
+        self.logps: list[Tensor] = []
+
+    def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
+        self._gather(input_ids[:, -1])
+        self.last = torch.log_softmax(ops.sampling_logits(scores.float(), **self.warp), dim=-1)
+        return scores
+
+    def _gather(self, tokens: Tensor) -> None:
+        if self.last is not None:
+            self.logps.append(self.last.gather(1, tokens[:, None]).squeeze(1))
+
+    def finish(self, sequences: Tensor) -> Tensor:
+        self._gather(sequences[:, -1])
+        self.last = None
+        return torch.stack(self.logps, dim=1).cpu()
+
+
 def _sample_with_transformers(policy, tok, ids: Tensor, attn: Tensor, mm, K: int, cfg, greedy: bool, pad_id: int):
-    """transformers `generate` on the K-times-repeated prompts; returns (completion ids [B, T], logp [B, T] or
-    None on CUDA, where per-step scores are not kept)."""
+    """transformers `generate` on the K-times-repeated prompts; returns (completion ids [B, T], mu [B, T])."""
+    from transformers import LogitsProcessorList
+
     device = next(policy.parameters()).device
     on_gpu = device.type == "cuda"
     # On CUDA a static KV cache lets transformers compile the decode step (10x over the dynamic cache at
@@ -333,26 +366,20 @@ def _sample_with_transformers(policy, tok, ids: Tensor, attn: Tensor, mm, K: int
     mm_rows = None if mm is None else [m for m in mm for _ in range(K)]
     # In a vision-language model a sampled image placeholder would desynchronise image features and tokens in
     # the learner's forward, so they are suppressed. (The sampling distribution is then renormalised without
-    # them: rollout/logp_mismatch shows their mass, ~0 for a trained model.)
+    # them, and mu records that: mismatch/abs_mean shows their mass, ~0 for a trained model.)
     banned = placeholder_token_ids(tok) if hasattr(policy.config, "vision_config") else []
+    sampling = dict(do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k)
+    recorder = BehaviorLogpRecorder() if greedy else BehaviorLogpRecorder(cfg.temperature, cfg.top_k, cfg.top_p)
     ids, attn = ids.repeat_interleave(K, dim=0), attn.repeat_interleave(K, dim=0)
     out = policy.generate(
         input_ids=ids.to(device), attention_mask=attn.to(device),
         **{k: v.to(device) for k, v in merge_mm(mm_rows).items()},
-        **(dict(do_sample=False) if greedy else dict(do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p, top_k=0)),
+        **(dict(do_sample=False) if greedy else sampling), logits_processor=LogitsProcessorList([recorder]),
         max_new_tokens=cfg.max_len, pad_token_id=pad_id, eos_token_id=tok.eos_token_id,
-        # Per-step scores cost B x T x V memory (40 GB at B=256, T=256, V=151,936): keep them on CPU only,
-        # where they give the rollout-vs-learner log-prob check; on GPU the learner's old_logp is used.
-        output_scores=not on_gpu, return_dict_in_generate=True, suppress_tokens=banned or None, **speed,
+        return_dict_in_generate=True, suppress_tokens=banned or None, **speed,
     )
-    # Log-probs under the sampling distribution: scores are the processed (temperature, top-p) logits.
-    # Gather step by step so a [B, T, V] tensor never exists (V = 151,936 for Qwen).
     chosen = out.sequences[:, ids.shape[1]:]
-    logp = None
-    if out.scores is not None:
-        logp = torch.stack([torch.log_softmax(s.float(), dim=-1).gather(-1, chosen[:, t:t + 1]).squeeze(-1)
-                            for t, s in enumerate(out.scores)], dim=1).cpu()  # (B, T)
-    return chosen.cpu(), logp
+    return chosen.cpu(), recorder.finish(out.sequences)
 
 
 def generate_vllm(policy, processor, problems, cfg, generator=None, **kwargs) -> Rollouts:

@@ -143,9 +143,9 @@ def to_rollouts(samples, prompt_ids, prompt_mask, mm_rows, problems: list[dict],
              for row, m in zip(completion, mask, strict=True)]
     return batch.Rollouts(
         prompt_ids=prompt_ids, prompt_mask=prompt_mask, completion_ids=completion, completion_mask=mask,
-        rollout_logp=logp, texts=texts, finish_reasons=["stop" if s.finish_reason == "stop" else "length" for s in samples],
+        behavior_logp=logp, texts=texts, finish_reasons=["stop" if s.finish_reason == "stop" else "length" for s in samples],
         problem_index=torch.arange(len(problems)).repeat_interleave(K), problems=list(problems), mm_inputs=mm_rows,
-        extras={"pad_id": tok.pad_token_id, "has_rollout_logp": True},
+        extras={"pad_id": tok.pad_token_id, "has_behavior_logp": True},
     )
 
 
@@ -186,7 +186,7 @@ def generate_vllm(policy, processor, problems: list[dict], cfg, generator: torch
                   *, num_samples: int | None = None, greedy: bool = False) -> batch.Rollouts:
     """Sample `num_samples` (default `cfg.group_size`) completions per problem with the colocated engine.
 
-    Same contract as `rollout.generate_hf`; rollout_logp are vLLM's log-probs after temperature and top-p
+    Same contract as `rollout.generate_hf`; behavior_logp are vLLM's log-probs after temperature and top-p
     (temperature-1 log-probs when `greedy`). The engine holds the weights of its last `sync_weights`.
     """
     return engine_for(policy, processor, cfg).generate(problems, cfg, generator, num_samples, greedy)

@@ -61,7 +61,7 @@ def reference_batch(processor, problems: list[dict], cfg: RunConfig) -> Rollouts
         completion_ids[i, :len(ids)] = torch.tensor(ids)
         completion_mask[i, :len(ids)] = 1
     return Rollouts(prompt_ids=prompt_ids, prompt_mask=prompt_mask, completion_ids=completion_ids,
-                    completion_mask=completion_mask, rollout_logp=torch.zeros(completion_ids.shape),
+                    completion_mask=completion_mask, behavior_logp=torch.zeros(completion_ids.shape),
                     texts=texts, finish_reasons=["stop"] * len(texts), problem_index=torch.arange(len(texts)),
                     problems=problems, mm_inputs=mm)
 

@@ -80,7 +80,8 @@ def _accuracy(successes: list[int], samples: int) -> float:
     return sum(successes) / (samples * len(successes))
 
 
-def _measure(policy, tok, cfg, seed: int, profile: Profile, *, ood: bool = True) -> dict[str, Any]:
+def measure(policy, tok, cfg, seed: int, profile: Profile, *, ood: bool = True) -> dict[str, Any]:
+    """Sampled test accuracy of `policy` on seed `seed`'s math problems (and OOD ones unless `ood` is False)."""
     math_problems, ood_problems = eval_problems(seed, profile)
     per_problem = _sample(policy, tok, math_problems, cfg, profile.eval_samples, EVAL_STREAM + seed)
     out = dict(per_problem_successes=per_problem, eval_samples=profile.eval_samples,
@@ -96,7 +97,7 @@ def _base_cell(policy, tok, seed: int, profile: Profile) -> dict[str, Any]:
     from eureka_kit.data import toyworld
 
     cfg = RunConfig.from_preset("grpo", seed=seed, **RL_SETTINGS)
-    out = _measure(policy, tok, cfg, seed, profile)
+    out = measure(policy, tok, cfg, seed, profile)
     math_problems, _ = eval_problems(seed, profile)
     k = profile.bucket_samples
     bucket = _sample(policy, tok, math_problems, cfg, k, BUCKET_STREAM + seed)
@@ -126,15 +127,15 @@ def _rl_cell(policy, tok, arm: str, seed: int, profile: Profile, run_dir: Path) 
     started = time.perf_counter()
     run = train(cfg, policy=copy.deepcopy(policy), processor=tok, progress=False)
     train_s = time.perf_counter() - started
-    out = _measure(run.policy, tok, cfg, seed, profile)
+    out = measure(run.policy, tok, cfg, seed, profile)
     # Area under the test-accuracy curve: the base (step 0, measured the same way), every checkpoint, the end.
-    curve = [(0, _measure(policy, tok, cfg, seed, profile, ood=False)["math_accuracy"])]
+    curve = [(0, measure(policy, tok, cfg, seed, profile, ood=False)["math_accuracy"])]
     probe = copy.deepcopy(policy)
     for ckpt in run.dir.checkpoints():
         step = int(ckpt.name.split("_")[1]) + 1
         if step < steps:  # the last checkpoint is the trained policy, measured above
             load_weights(probe, ckpt)
-            curve.append((step, _measure(probe, tok, cfg, seed, profile, ood=False)["math_accuracy"]))
+            curve.append((step, measure(probe, tok, cfg, seed, profile, ood=False)["math_accuracy"]))
     curve.append((steps, out["math_accuracy"]))
     _drop_checkpoints(run.dir)
     hist = run.dir.metrics()
@@ -160,7 +161,7 @@ def _sft_cell(policy, tok, seed: int, profile: Profile, run_dir: Path) -> dict[s
     cfg = RunConfig.from_preset("sft", seed=seed, run_dir=str(run_dir), **SFT_SETTINGS)
     started = time.perf_counter()
     run = sft(cfg, policy=copy.deepcopy(policy), processor=tok, progress=False)
-    out = _measure(run.policy, tok, cfg, seed, profile)
+    out = measure(run.policy, tok, cfg, seed, profile)
     _drop_checkpoints(run.dir)
     out.update(train_s=time.perf_counter() - started, run_dir=str(run_dir))
     out["math_auc"] = out["math_accuracy"]

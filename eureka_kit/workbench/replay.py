@@ -107,7 +107,7 @@ def replay_tensors(old_logp: Tensor, new_logp: Tensor, adv: Tensor, mask: Tensor
     # Per-token pieces through policy_loss's own masking and surrogate routing.
     fmask, logp_v, old_v, log_ratio, adv_t = losses.masked_inputs(logp.detach(), old, adv.double(), fmask)
     valid = fmask.bool()
-    per_token, info = losses.surrogate(log_ratio, adv_t, fmask, cfg)
+    per_token, info = losses.surrogate(log_ratio, adv_t, fmask, cfg, logp=logp_v)
     if cfg.drift_coef > 0:
         per_token = per_token + cfg.drift_coef * losses.drift_loss(logp_v, old_v, cfg.drift_clip)
     none = torch.zeros_like(valid)

@@ -1,8 +1,9 @@
 """Algorithm self-check: every preset on one synthetic off-policy batch, with its identities verified.
 
 `eureka-kit selfcheck` prints one row per preset: the slots it uses, its loss, clip fractions, and
-whether (a) at r = 1 its gradient is -A * grad(logp) times the aggregation weight, (b) masked tokens
-get zero gradient. Takes a second on a CPU; a quick way to see the library is sound on a new machine.
+whether (a) at r = 1 its gradient is -A * grad(logp) times the aggregation weight (times `ON_POLICY_FACTOR`
+where an objective rescales or detaches tokens by design: luspo, clip_cov), (b) masked tokens get zero gradient.
+Takes a second on a CPU; a quick way to see the library is sound on a new machine.
 """
 
 from __future__ import annotations
@@ -31,6 +32,14 @@ def _aggregation_weights(mask: torch.Tensor, cfg: RunConfig) -> torch.Tensor:
     return x.grad
 
 
+# The on-policy (r = 1) gradient is -A * grad(logp) * the aggregation weight * a per-token factor, 1 unless an
+# objective rescales or detaches tokens by design: surrogate -> factor(mask, surrogate info) ([B, T] or [B, 1]).
+ON_POLICY_FACTOR = {
+    "luspo": lambda mask, info: mask.sum(dim=1, keepdim=True),  # each response's loss times its length
+    "clip_cov": lambda mask, info: 1.0 - info["cov_selected"].to(mask.dtype),  # the drawn tokens are detached
+}
+
+
 def check_preset(name: str, seed: int = 0) -> dict[str, object]:
     rewards, mask, old_logp, drifted = _batch(seed)
     cfg = RunConfig.from_preset(name, group_size=4, max_len=32)
@@ -42,8 +51,11 @@ def check_preset(name: str, seed: int = 0) -> dict[str, object]:
     logp = old_logp.clone().requires_grad_()
     loss, _ = losses.policy_loss(logp, old_logp, adv, mask, cfg=cfg, ref_logp=ref)
     loss.backward()
-    # GSPO too: its 1/|y_k| gradient factor equals seq-mean-token-mean's own token weight.
-    expected = -adv[:, None] * _aggregation_weights(mask, cfg)
+    # GSPO and GMPO too: their 1/|y_k| gradient factor equals seq-mean-token-mean's own token weight.
+    fmask, logp_v, _, log_ratio, adv_t = losses.masked_inputs(logp.detach(), old_logp, adv, mask)
+    _, info = losses.surrogate(log_ratio, adv_t, fmask, cfg, logp=logp_v)
+    factor = ON_POLICY_FACTOR.get(cfg.surrogate, lambda mask, info: 1.0)(mask, info)
+    expected = -adv[:, None] * _aggregation_weights(mask, cfg) * factor
     on_policy_ok = torch.allclose(logp.grad * mask, expected * mask, atol=1e-6)
 
     # (b) off-policy batch: loss, clip fractions, zero gradient on padding.

@@ -34,6 +34,7 @@ SUITE: dict[str, dict[str, Any]] = {
     "13_rl_vs_sft_generalization": dict(findings_dir=FINDINGS_DIR),
     "14_process_rewards": dict(run_root=RUNS_DIR, policy_steps=150, label_per_level=10, num_rollouts=8, max_searches=10,
                                rollout_budget=64, prm_epochs=3, test_per_level=4, rl_steps=6, rl_batch=4),
+    "15_train_inference_mismatch": dict(run_root=RUNS_DIR, profile="quick"),
     "20_ratio_explorer": dict(run_root=RUNS_DIR),
 }
 
