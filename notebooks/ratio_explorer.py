@@ -31,18 +31,40 @@ def _(runs):
 
 
 @app.cell
-def _(run_picker):
+def _():
+    worst_by = mo.ui.radio(options={v: k for k, v in explorer.WORST_BY.items()}, value=explorer.WORST_BY["log_ratio"],
+                           label="worst tokens by", inline=True)
+    worst_by  # noqa: B018 (marimo displays the last expression)
+    return (worst_by,)
+
+
+@app.cell
+def _(run_picker, worst_by):
+    # The run's worst tokens over all steps; choosing one opens its step and sample below.
+    worst_picker = mo.ui.dropdown(options=dict(explorer.worst_options(run_picker.value, worst_by.value)),
+                                  label="open a worst token")
+    worst_picker  # noqa: B018 (marimo displays the last expression)
+    return (worst_picker,)
+
+
+@app.cell
+def _(run_picker, worst_picker):
     steps = explorer.steps_of(run_picker.value)
-    step_picker = mo.ui.dropdown(options={str(s): s for s in steps}, value=str(steps[-1]), label="step")
+    _opened = worst_picker.value
+    step_picker = mo.ui.dropdown(options={str(s): s for s in steps},
+                                 value=str(_opened[0] if _opened else steps[-1]), label="step")
     step_picker  # noqa: B018 (marimo displays the last expression)
     return (step_picker,)
 
 
 @app.cell
-def _(run_picker, step_picker):
+def _(run_picker, step_picker, worst_picker):
     frame = explorer.load_step(run_picker.value, step_picker.value)
     options = dict(explorer.sample_options(frame))
-    sample_picker = mo.ui.dropdown(options=options, value=next(iter(options)), label="sample")
+    _opened = worst_picker.value
+    label = next((k for k, v in options.items() if _opened and v == _opened[1] and _opened[0] == step_picker.value),
+                 next(iter(options)))
+    sample_picker = mo.ui.dropdown(options=options, value=label, label="sample")
     sample_picker  # noqa: B018 (marimo displays the last expression)
     return (sample_picker,)
 
@@ -51,8 +73,13 @@ def _(run_picker, step_picker):
 def _(color_picker, replay_picker, run_picker, sample_picker, step_picker):
     panes = explorer.view(run_picker.value, step_picker.value, sample_picker.value, color_picker.value,
                           replay_picker.value)
-    mo.vstack([mo.Html(panes["header"]), mo.Html(panes["tokens"]), mo.md("**The group**"), mo.Html(panes["group"]),
-               mo.md("**Replay**"), mo.Html(panes["replay"])])
+    mo.vstack([mo.Html(panes["header"]), mo.Html(panes["tokens"]),
+               explorer.token_chart(run_picker.value, step_picker.value, sample_picker.value),
+               mo.md("**Per token: π_θ, π_old, μ and flags**"),
+               mo.ui.table(explorer.token_table(run_picker.value, step_picker.value, sample_picker.value),
+                           selection=None, page_size=12),
+               mo.md("**Raw tails of the step (before any correction)**"), mo.Html(panes["tails"]),
+               mo.md("**The group**"), mo.Html(panes["group"]), mo.md("**Replay**"), mo.Html(panes["replay"])])
     return
 
 

@@ -91,3 +91,72 @@ def test_findings_page_renders_every_figure_offline(browser, suite_dir):
     seen = open_page(browser, page, num_figures=figures)
     assert seen["console errors"] == seen["page errors"] == seen["network requests"] == []
     assert figures == 3 and seen["rendered"] == figures  # per-seed effects, two dose-response charts
+
+
+@pytest.fixture(scope="module")
+def explorer_run(tmp_path_factory):
+    """A 3-step toy run with a bf16 sampler, so mu differs from pi_old on every step."""
+    import copy
+
+    from eureka_kit.config import RunConfig
+    from eureka_kit.data import toyworld
+    from eureka_kit.engine.loop import train
+    from eureka_kit.models.loading import build_toy_model
+
+    model, tok = build_toy_model(seed=1)
+    root = tmp_path_factory.mktemp("explorer") / "runs"
+    cfg = RunConfig.from_preset("grpo", run_dir=str(root / "bf16"), num_steps=3, rollout_batch_size=2, group_size=4,
+                                train_batch_size=8, micro_batch_size=8, max_len=12, sampler_dtype="bfloat16")
+    train(cfg, policy=copy.deepcopy(model), processor=tok, problems=toyworld.load("train", "math", seed=0,
+                                                                                  n_per_level=2), progress=False)
+    return root
+
+
+def test_marimo_explorer_shows_mu_in_a_browser(browser, explorer_run):
+    """`marimo run notebooks/ratio_explorer.py` served locally and opened as a user would: the per-token table with
+    pi_theta, pi_old and mu, the chart with log mu, the worst-token picker; no page errors, nothing off-machine."""
+    import shutil
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    marimo = shutil.which("marimo") or str(Path(sys.executable).parent / "marimo")
+    if not Path(marimo).exists():
+        pytest.skip("marimo not installed")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    app = Path(__file__).resolve().parents[1] / "notebooks" / "ratio_explorer.py"
+    server = subprocess.Popen([marimo, "run", str(app), "--headless", "--host", "127.0.0.1", "--port", str(port),
+                               "--no-token", "--", "--root", str(explorer_run)],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.5)
+        page = browser.new_page()
+        errors, remote = [], []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.on("request", lambda r: remote.append(r.url) if not r.url.startswith(
+            (f"http://127.0.0.1:{port}", f"ws://127.0.0.1:{port}", "data:", "blob:", "about:")) else None)
+        page.goto(f"http://127.0.0.1:{port}/", wait_until="load")
+        # playwright's locators pierce marimo's shadow DOM: the per-token chart drew, the table lists mu
+        page.locator(".main-svg").first.wait_for(timeout=90_000)
+        page.locator("text=log μ (sampler)").first.wait_for(timeout=30_000)
+        page.locator("text=pi_theta").first.wait_for(timeout=30_000)
+        mu_column = page.locator("text=mu").count()
+        worst_picker = page.locator("text=open a worst token").count()
+        text = page.inner_text("body")
+        page.close()
+    finally:
+        server.terminate()
+        server.wait(timeout=20)
+    assert mu_column >= 1 and "Per token: π_θ, π_old, μ and flags" in text
+    assert worst_picker >= 1 and "Raw tails of the step" in text and "log ρ (sampler mismatch)" in text
+    assert not errors, errors
+    # marimo's own plotly component asks a CDN for MathJax (offline it fails and the chart still draws); nothing else
+    assert all("mathjax" in url for url in remote), remote

@@ -11,12 +11,14 @@ from eureka_kit.engine.runs import RunDir
 from eureka_kit.workbench import explorer
 
 
-def _row(sample, group, adv, reward, new, tokens):
+def _row(sample, group, adv, reward, new, tokens, mu=None):
+    """`new` and `mu` are offsets from old_logp = -1: log r = new, log rho = -mu."""
     n = len(tokens)
+    mu = [0.0] * n if mu is None else mu
     return {"step": 0, "sample": sample, "group": group, "problem_id": f"p{group}", "subject": "math", "level": 0,
             "answer": "7", "completion": "".join(tokens), "finish_reason": "stop", "reward": reward,
             "accuracy": float(reward >= 1), "format": 0.5, "advantage": adv, "token_ids": list(range(n)),
-            "tokens": tokens, "behavior_logp": [0.0] * n, "old_logp": [-1.0] * n,
+            "tokens": tokens, "behavior_logp": [-1.0 + v for v in mu], "old_logp": [-1.0] * n,
             "new_logp": [-1.0 + v for v in new], "loss_mask": [1.0] * n}
 
 
@@ -25,9 +27,9 @@ def run(tmp_path):
     explorer.load_step.cache_clear()
     explorer._replayed.cache_clear()
     r = RunDir(tmp_path / "runs" / "grpo-seed0").create({"preset": "grpo", "group_size": 2, "max_len": 8, "seed": 0})
-    rows = [_row(0, 0, 1.0, 1.5, [math.log(1.5), 0.0, 0.0], ["<answer>", "7", "</answer>"]),
+    rows = [_row(0, 0, 1.0, 1.5, [math.log(1.5), 0.0, 0.0], ["<answer>", "7", "</answer>"], mu=[0.0, 0.0, 0.3]),
             _row(1, 0, -1.0, 0.0, [math.log(0.5), 0.0], ["<", "\n"]),
-            _row(2, 1, 0.0, 1.5, [0.0], ["7"]),
+            _row(2, 1, 0.0, 1.5, [0.0], ["7"], mu=[-2.0]),
             _row(3, 1, 0.0, 1.5, [0.1], ["7"])]
     r.write_rollouts(0, rows)
     r.write_rollouts(4, rows)
@@ -90,8 +92,64 @@ def test_group_and_replay_tables(run):
 
 def test_view_returns_all_panes(run):
     out = explorer.view(run, 4, 1, "clip", "cpgd")
-    assert set(out) == {"header", "tokens", "group", "replay"}
+    assert set(out) == {"header", "tokens", "tails", "group", "replay"}
     assert "step 4, sample 1" in out["header"] and "cpgd" in out["replay"]
+
+
+def test_token_table_shows_pi_theta_pi_old_mu_and_flags(run):
+    t = explorer.token_table(run, 0, 0)
+    np.testing.assert_allclose(t.pi_old, math.exp(-1.0))
+    np.testing.assert_allclose(t.pi_theta, np.exp([-1 + math.log(1.5), -1, -1]))
+    np.testing.assert_allclose(t.mu, np.exp([-1.0, -1.0, -0.7]))
+    np.testing.assert_allclose(t.log_rho, [0, 0, -0.3], atol=1e-12)
+    assert list(t.clipped) == ["high", "", ""]  # grpo: r = 1.5 > 1.2 with A > 0
+    assert not t.masked.any() and not t.truncated.any() and not t.corrected.any()  # the run has no correction
+    _, values, legend = explorer.token_values(run, 0, 2, "mismatch")
+    np.testing.assert_allclose(values, [2.0]) and "mu" in legend
+
+
+def test_corrected_flag_follows_the_runs_correction(tmp_path):
+    explorer.load_step.cache_clear()
+    explorer._step_correction.cache_clear()
+    r = RunDir(tmp_path / "icepop").create({"preset": "grpo", "group_size": 2, "max_len": 8, "seed": 0,
+                                            "correction": "icepop", "correction_low": 0.5, "correction_high": 2.0})
+    # log rho = 0, -1 (rho = 0.37 < 0.5: masked), 0.3 (rho 1.35: weighted)
+    r.write_rollouts(0, [_row(0, 0, 1.0, 1.0, [0.0, 0.0, 0.0], ["a", "b", "c"], mu=[0.0, 1.0, -0.3]),
+                         _row(1, 0, -1.0, 0.0, [0.0], ["d"])])
+    t = explorer.token_table(str(r.path), 0, 0)
+    assert list(t.corrected) == [False, True, True]
+
+
+def test_token_chart_draws_the_three_distributions_and_both_ratios(run):
+    fig = explorer.token_chart(run, 0, 0)
+    names = [trace.name for trace in fig.data]
+    assert len(names) == 5 and any("μ" in n for n in names) and any("ρ" in n for n in names)
+    mu = next(trace for trace in fig.data if "μ" in trace.name and trace.type == "scatter")
+    np.testing.assert_allclose(mu.y, [-1.0, -1.0, -0.7])
+    assert list(fig.data[0].x) == ["0:<answer>", "1:7", "2:</answer>"]
+
+
+def test_worst_tokens_rank_all_steps_by_either_ratio(run):
+    worst = explorer.worst_tokens(run, "log_ratio", k=4)
+    # |log 0.5| = 0.69 (sample 1, pos 0) beats |log 1.5| = 0.41 (sample 0, pos 0); both steps hold the same rows
+    assert list(zip(worst["sample"], worst["position"], strict=True))[:2] == [(1, 0), (1, 0)]
+    assert sorted(worst["step"][:2]) == [0, 4]
+    assert worst["log_ratio"].abs().is_monotonic_decreasing
+    rho = explorer.worst_tokens(run, "log_rho", k=1)
+    assert (rho["sample"][0], rho["position"][0], rho["log_rho"][0]) == (2, 0, pytest.approx(2.0))
+    label, target = explorer.worst_options(run, "log_rho", k=1)[0]
+    assert target[1] == 2 and "log ρ +2.000" in label
+    with pytest.raises(ValueError, match="by"):
+        explorer.worst_tokens(run, "entropy")
+
+
+def test_tail_table_reports_raw_quantiles(run):
+    t = explorer.tail_table(run, 0).set_index("quantity")
+    r = t.loc["log r (learner update)"]
+    assert r["tokens"] == 7 and r["max |.|"] == pytest.approx(math.log(2))
+    assert r["outside [½, 2]"] == 0  # |log 0.5| = log 2 is on the band's edge, not outside
+    rho = t.loc["log ρ (sampler mismatch)"]
+    assert rho["max |.|"] == pytest.approx(2.0) and rho["outside [½, 2]"] == pytest.approx(1 / 7)
 
 
 def test_widget_callbacks_headless(run, tmp_path):
@@ -107,6 +165,10 @@ def test_widget_callbacks_headless(run, tmp_path):
     assert "step 0, sample 0" in ui.header.value
     ui.replay_preset.value = "cpgd"
     assert "<b>cpgd</b>" in ui.replay.value
+    assert "log ρ" in ui.tails.value and ui.figure.layout.title.text.startswith("step 0, sample 0")
+    ui.worst_by.value = "log_rho"
+    ui.worst.value = ui.worst.options[0][1]  # the largest |log rho|: step 0 or 4, sample 2
+    assert ui.sample.value == 2 and f"step {ui.worst.value[0]}, sample 2" in ui.header.value
     with pytest.raises(FileNotFoundError):
         explorer.ExplorerWidget(tmp_path / "nothing")
 

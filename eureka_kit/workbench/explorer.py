@@ -1,6 +1,7 @@
 """Ratio explorer over run directories: pick a run, a step, a sample; see its tokens coloured by
-log-ratio / advantage / clip event / entropy, its group's rewards, and the step's loss replayed under
-another preset.
+log-ratio / train-inference mismatch / advantage / clip event / entropy, a per-token chart of pi_theta, pi_old and
+the sampler's mu under the text, the run's worst tokens (by |log r| and by |log rho|, each opening its sample), the
+step's raw tail quantiles, its group's rewards, and the step's loss replayed under another preset.
 
 Everything that computes is a pure function of (run path, step, sample, choices) returning HTML strings
 or tables, so it is tested without a browser; `ExplorerWidget` (ipywidgets, JupyterLab) and
@@ -20,10 +21,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from eureka_kit.config import RunConfig
 from eureka_kit.engine.runs import open_run
-from eureka_kit.workbench.replay import replay_step
+from eureka_kit.workbench.replay import pad_column, replay_step, step_tensors
 
-COLOR_BY = ("log-ratio", "advantage", "clip", "entropy")
+COLOR_BY = ("log-ratio", "mismatch", "advantage", "clip", "entropy")
+WORST_BY = {"log_ratio": "|log r| = |log pi_theta - log pi_old|", "log_rho": "|log rho| = |log pi_old - log mu|"}
 MAX_COMPLETION_CHARS = 60
 
 
@@ -89,6 +92,12 @@ def token_values(run: str, step: int, sample: int, color_by: str) -> tuple[list[
     if color_by == "log-ratio":
         values = np.asarray(row["new_logp"]) - np.asarray(row["old_logp"])
         legend = "log-ratio new - old (green: more likely after the update, red: less)"
+    elif color_by == "mismatch":
+        if "behavior_logp" not in df:
+            raise ValueError(f"color_by: 'mismatch' needs the sampler's log-probs (behavior_logp), which run {run} "
+                             "did not save (written before they were recorded)")
+        values = np.asarray(row["old_logp"]) - np.asarray(row["behavior_logp"])
+        legend = "log rho = log pi_old - log mu: the sampler's mismatch (green: the learner likes the token more)"
     elif color_by == "advantage":
         values = np.full(n, float(row["advantage"])) * np.asarray(row["loss_mask"])
         legend = f"advantage A = {row['advantage']:+.3f} (same on every token of a response)"
@@ -126,7 +135,7 @@ def tokens_html(tokens: list[str], values: np.ndarray, color_by: str, *, scale: 
         raise ValueError(f"tokens and values differ in length: {len(tokens)} vs {len(values)}")
     if scale is None:
         finite = np.abs(values[np.isfinite(values)])
-        scale = 1.0 if color_by == "log-ratio" else float(finite.max()) if finite.size else 1.0
+        scale = 1.0 if color_by in ("log-ratio", "mismatch") else float(finite.max()) if finite.size else 1.0
     spans = []
     for tok, v in zip(tokens, values, strict=True):
         shown = html.escape(tok).replace("\n", "⏎")
@@ -134,6 +143,152 @@ def tokens_html(tokens: list[str], values: np.ndarray, color_by: str, *, scale: 
                      f'style="background:{_rgb(v, scale, color_by)};padding:1px 0;font-family:monospace">{shown}</span>')
     legend_html = f'<div style="font-size:12px;color:#555">{html.escape(legend)}</div>' if legend else ""
     return f'<div class="tokens" style="line-height:1.9;white-space:pre-wrap">{"".join(spans)}</div>{legend_html}'
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-token table and chart, the run's worst tokens, the step's raw tails (before any correction).
+
+
+def _run_correction(run: str) -> dict:
+    """The run's correction settings (RunConfig fields; 'none' for runs written before corrections existed)."""
+    settings = open_run(run).config().get("config", {})
+    return {k: settings.get(k, getattr(RunConfig, k)) for k in
+            ("correction", "correction_level", "correction_cap", "correction_low", "correction_high", "opsm_delta",
+             "m2po_tau")}
+
+
+@lru_cache(maxsize=32)
+def _step_correction(run: str, step: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """(weight, keep) [B, T] of the run's correction on the saved step (new_logp as pi_theta), or None."""
+    import torch
+
+    from eureka_kit.algos import mismatch
+
+    settings = _run_correction(run)
+    df = load_step(run, step)
+    if settings["correction"] == "none" or "behavior_logp" not in df:
+        return None
+    t = step_tensors(df)
+    mu = pad_column(df["behavior_logp"])
+    fmask = t["mask"]
+    adv = t["adv"][:, None].expand_as(fmask) * fmask
+    cfg = RunConfig(**settings)
+    weight, keep = mismatch.CORRECTIONS[settings["correction"]](
+        (t["old_logp"] - mu) * fmask, fmask, cfg, logp=t["new_logp"], old_logp=t["old_logp"], behavior_logp=mu,
+        adv=adv)
+    return torch.as_tensor(weight).numpy(), torch.as_tensor(keep).numpy()
+
+
+def token_table(run: str, step: int, sample: int) -> pd.DataFrame:
+    """One row per token of one sample: probabilities under pi_theta (the learner after the update), pi_old and mu
+    (the sampler), log r, log rho, advantage, entropy, and flags clipped (under the run's preset), masked (out of
+    the loss), truncated (the response hit max_len; its last token), corrected (the run's correction weighted or
+    dropped it)."""
+    df = load_step(run, step)
+    rows = df.index[df["sample"] == sample]
+    if not len(rows):
+        raise ValueError(f"sample: {sample} is not in step {step} (samples 0..{len(df) - 1})")
+    i = int(rows[0])
+    row = df.iloc[i]
+    new, old = np.asarray(row["new_logp"], float), np.asarray(row["old_logp"], float)
+    n = len(new)
+    mu = np.asarray(row["behavior_logp"], float) if "behavior_logp" in df else np.full(n, np.nan)
+    tokens = list(row["tokens"]) if "tokens" in df else [str(t) for t in row["token_ids"]]
+    replayed = _replayed(run, step, run_preset(run))
+    clip = np.where(replayed.clipped_high[i, :n], "high", np.where(replayed.clipped_low[i, :n], "low", ""))
+    corrected = np.zeros(n, dtype=bool)
+    correction = _step_correction(run, step)
+    if correction is not None:
+        weight, keep = correction
+        corrected = (keep[i, :n] == 0) | ~np.isclose(weight[i, :n], 1.0)
+    truncated = np.zeros(n, dtype=bool)
+    if str(row.get("finish_reason", "")) == "length" and n:
+        truncated[-1] = True
+    return pd.DataFrame({
+        "position": np.arange(n), "token": tokens[:n], "pi_theta": np.exp(new), "pi_old": np.exp(old),
+        "mu": np.exp(mu), "log_r": new - old, "log_rho": old - mu,
+        "advantage": float(row["advantage"]) * np.asarray(row["loss_mask"], float),
+        "entropy": np.asarray(row["entropy"], float) if "entropy" in df and row["entropy"] is not None
+        else np.full(n, np.nan),
+        "clipped": clip, "masked": np.asarray(row["loss_mask"], float) == 0, "truncated": truncated,
+        "corrected": corrected,
+    })
+
+
+def token_chart(run: str, step: int, sample: int):
+    """A plotly figure under the coloured text: log pi_theta, log pi_old and log mu per token (lines, left axis) and
+    log r, log rho (bars, right axis), so small log-ratios that colour the text uniformly are still visible."""
+    import plotly.graph_objects as go
+
+    t = token_table(run, step, sample)
+    x = [f"{p}:{tok}" for p, tok in zip(t.position, t.token, strict=True)]
+    fig = go.Figure()
+    for column, name in (("pi_theta", "log π_θ (after update)"), ("pi_old", "log π_old"), ("mu", "log μ (sampler)")):
+        fig.add_trace(go.Scatter(x=x, y=np.log(t[column]), mode="lines+markers", name=name))
+    for column, name in (("log_r", "log r = log π_θ − log π_old"), ("log_rho", "log ρ = log π_old − log μ")):
+        fig.add_trace(go.Bar(x=x, y=t[column], name=name, yaxis="y2", opacity=0.6))
+    fig.update_layout(title=f"step {step}, sample {sample}: per-token log-probs and log-ratios", height=380,
+                      xaxis_title="position:token", yaxis_title="log-prob",
+                      yaxis2=dict(title="log-ratio", overlaying="y", side="right", zeroline=True),
+                      barmode="group", legend=dict(orientation="h", y=-0.35), margin=dict(t=40, b=10))
+    return fig
+
+
+@lru_cache(maxsize=16)
+def _all_tokens(run: str) -> pd.DataFrame:
+    """Every saved token of the run with its step, sample, position, log r and log rho (loss tokens only)."""
+    frames = []
+    for step in steps_of(run):
+        df = load_step(run, step)
+        for row in df.itertuples():
+            new, old = np.asarray(row.new_logp, float), np.asarray(row.old_logp, float)
+            mu = np.asarray(row.behavior_logp, float) if hasattr(row, "behavior_logp") else np.full(len(new), np.nan)
+            keep = np.asarray(row.loss_mask, float) > 0
+            tokens = list(row.tokens) if hasattr(row, "tokens") else [str(t) for t in row.token_ids]
+            frames.append(pd.DataFrame({"step": step, "sample": int(row.sample), "position": np.arange(len(new)),
+                                        "token": tokens[:len(new)], "log_ratio": new - old,
+                                        "log_rho": old - mu})[keep])
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
+        columns=["step", "sample", "position", "token", "log_ratio", "log_rho"])
+
+
+def worst_tokens(run: str, by: str = "log_ratio", k: int = 20) -> pd.DataFrame:
+    """The run's top-`k` tokens by |log r| (`by="log_ratio"`) or by |log rho| (`by="log_rho"`) over all saved steps:
+    step, sample (to open), position, token, and both log-ratios. Empty when the run saved no mu (log_rho)."""
+    if by not in WORST_BY:
+        raise ValueError(f"by: must be one of {list(WORST_BY)}, got {by!r}")
+    tokens = _all_tokens(run)
+    tokens = tokens[np.isfinite(tokens[by])]
+    order = tokens[by].abs().sort_values(ascending=False).index[:k]
+    return tokens.loc[order].reset_index(drop=True)
+
+
+def worst_options(run: str, by: str = "log_ratio", k: int = 20) -> list[tuple[str, tuple[int, int]]]:
+    """(label, (step, sample)) pairs for a picker that opens each worst token's sample."""
+    return [(f"step {r.step} #{r.sample} pos {r.position} {r.token!r}: log r {r.log_ratio:+.3f}, "
+             f"log ρ {r.log_rho:+.3f}", (int(r.step), int(r.sample)))
+            for r in worst_tokens(run, by, k).itertuples()]
+
+
+TAIL_QUANTILES = (0.001, 0.01, 0.5, 0.99, 0.999)
+
+
+def tail_table(run: str, step: int) -> pd.DataFrame:
+    """Raw tails of one step before any correction: quantiles, max |.| and the share outside [log ½, log 2] of
+    log r and of log rho over the loss tokens."""
+    tokens = _all_tokens(run)
+    tokens = tokens[tokens.step == step]
+    rows = []
+    for column, label in (("log_ratio", "log r (learner update)"), ("log_rho", "log ρ (sampler mismatch)")):
+        v = tokens[column].to_numpy()
+        v = v[np.isfinite(v)]
+        if not len(v):
+            continue
+        rows.append({"quantity": label, **{f"q{q:g}": float(np.quantile(v, q)) for q in TAIL_QUANTILES},
+                     "max |.|": float(np.abs(v).max()),
+                     "outside [½, 2]": float((np.abs(v) > np.log(2) + 1e-9).mean()),  # the band's edge is inside
+                     "tokens": len(v)})
+    return pd.DataFrame(rows)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -209,7 +364,11 @@ def view(run: str, step: int, sample: int, color_by: str = "log-ratio", replay_p
     header = (f"<b>{html.escape(Path(run).name)}</b> step {step}, sample {sample}: reward {row['reward']:.2f}, "
               f"accuracy {row['accuracy']:.0f}, advantage {row['advantage']:+.3f}, {len(tokens)} tokens, "
               f"finish: {html.escape(str(row.get('finish_reason', '')))}")
-    return {"header": header, "tokens": tokens_html(tokens, values, color_by, legend=legend),
+    flags = token_table(run, step, sample)
+    counts = {f: int(flags[f].astype(bool).sum()) for f in ("clipped", "masked", "truncated", "corrected")}
+    flags_html = "<div>" + ", ".join(f"{n} {f}" for f, n in counts.items()) + " tokens</div>"
+    return {"header": header, "tokens": tokens_html(tokens, values, color_by, legend=legend) + flags_html,
+            "tails": tail_table(run, step).to_html(index=False, float_format=lambda v: f"{v:.4g}", border=0),
             "group": group_html(df, sample), "replay": replay_html(run, step, replay_preset, sample)}
 
 
@@ -234,12 +393,18 @@ class ExplorerWidget:
         self.sample = w.Dropdown(description="sample", layout=w.Layout(width="460px"))
         self.color_by = w.ToggleButtons(options=list(COLOR_BY), value="log-ratio", description="colour")
         self.replay_preset = w.Dropdown(options=list(PRESETS), value=replay_preset, description="replay as")
-        self.header, self.tokens, self.group, self.replay = (w.HTML() for _ in range(4))
+        self.worst_by = w.ToggleButtons(options=[(v, k) for k, v in WORST_BY.items()], description="worst by")
+        self.worst = w.Select(description="worst", rows=6, layout=w.Layout(width="760px"))
+        self.header, self.tokens, self.tails, self.group, self.replay = (w.HTML() for _ in range(5))
+        self.chart = w.Output()
         self.widget = w.VBox([w.HBox([self.run, self.step, self.sample]), w.HBox([self.color_by, self.replay_preset]),
-                              self.header, self.tokens, self.group, self.replay])
+                              self.worst_by, self.worst, self.header, self.tokens, self.chart, self.tails, self.group,
+                              self.replay])
         self._busy = False
         self.run.observe(self._on_run, names="value")
         self.step.observe(self._on_step, names="value")
+        self.worst_by.observe(self._on_worst_by, names="value")
+        self.worst.observe(self._open_worst, names="value")
         for control in (self.sample, self.color_by, self.replay_preset):
             control.observe(self._render, names="value")
         self._on_run()
@@ -249,8 +414,21 @@ class ExplorerWidget:
         steps = steps_of(self.run.value)
         self.step.options = steps
         self.step.value = steps[-1]
+        self.worst.options = worst_options(self.run.value, self.worst_by.value)
+        self.worst.value = None
         self._busy = False
         self._on_step()
+
+    def _on_worst_by(self, change=None) -> None:
+        self.worst.options = worst_options(self.run.value, self.worst_by.value)
+
+    def _open_worst(self, change=None) -> None:
+        """Open the chosen worst token's sample: its step, then the sample."""
+        if self._busy or self.worst.value is None:
+            return
+        step, sample = self.worst.value
+        self.step.value = step  # re-lists the step's samples
+        self.sample.value = sample
 
     def _on_step(self, change=None) -> None:
         if self._busy:
@@ -265,8 +443,14 @@ class ExplorerWidget:
         if self._busy or self.sample.value is None:
             return
         out = view(self.run.value, self.step.value, self.sample.value, self.color_by.value, self.replay_preset.value)
-        self.header.value, self.tokens.value, self.group.value, self.replay.value = (
-            out["header"], out["tokens"], out["group"], out["replay"])
+        self.header.value, self.tokens.value, self.tails.value, self.group.value, self.replay.value = (
+            out["header"], out["tokens"], out["tails"], out["group"], out["replay"])
+        self.figure = token_chart(self.run.value, self.step.value, self.sample.value)
+        self.chart.clear_output(wait=True)
+        with self.chart:  # captured into the Output widget inside a kernel
+            from IPython.display import display
+
+            display(self.figure)
 
     def _ipython_display_(self):
         from IPython.display import display
