@@ -239,3 +239,23 @@ def test_corrections_train_two_steps_with_each_surrogate(toy, tmp_path, preset):
                          lr=1e-3, update_epochs=2, correction_level="sequence" if correction == "tis" else "token")
         assert len(hist) == 2 and all(math.isfinite(h["loss/total"]) for h in hist), (preset, correction)
         assert all("correction/masked_frac" in h for h in hist)
+
+
+def test_correction_values_off_policy_match_hand_computation():
+    """Loss values (not only gradients) with pi_theta != pi_old: PG surrogate -A * delta, token-mean."""
+    old = _logs(0.5, 0.5, 0.5)[None]
+    logp = _logs(0.6, 0.4, 0.5)[None]  # delta = ln 1.2, ln 0.8, 0
+    mu = _logs(0.125, 0.4, 0.5)[None]  # rho = 4, 1.25, 1
+    delta = torch.log(torch.tensor([1.2, 0.8, 1.0]))
+    adv = torch.tensor([2.0])
+    tis, _ = losses.policy_loss(logp, old, adv, torch.ones(1, 3), preset="pg", aggregation="token-mean",
+                                behavior_logp=mu, correction="tis", correction_cap=2.0)
+    assert float(tis) == pytest.approx(float(-(2.0 * torch.tensor([2.0, 1.25, 1.0]) * delta).sum() / 3), rel=1e-5)
+    icepop, _ = losses.policy_loss(logp, old, adv, torch.ones(1, 3), preset="pg", aggregation="token-mean",
+                                   behavior_logp=mu, correction="icepop")
+    # rho = 4 is masked: the mean runs over the 2 kept tokens
+    assert float(icepop) == pytest.approx(float(-(2.0 * torch.tensor([1.25, 1.0]) * delta[1:]).sum() / 2), rel=1e-5)
+    seq, _ = losses.policy_loss(logp, old, adv, torch.ones(1, 3), preset="pg", aggregation="token-mean",
+                                behavior_logp=mu, correction="tis", correction_level="sequence", correction_cap=3.0)
+    # w = 4 * 1.25 * 1 = 5, capped at 3 on every token
+    assert float(seq) == pytest.approx(float(-(2.0 * 3.0 * delta).sum() / 3), rel=1e-5)

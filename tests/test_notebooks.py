@@ -413,7 +413,8 @@ def _findings_15_train_inference_mismatch(text: str, params: dict) -> None:
     """Every comparison line carries its seeds, a 95% CI and a verdict, and the numbers agree with mismatch.json."""
     lab = json.loads((Path(params["run_root"]) / "15_mismatch" / params["profile"] / "mismatch.json").read_text())
     rows = lab["judged_null"] + lab["judged_rl"]
-    assert len(rows) == 4 + 3  # four injections against the control; TIS, IcePop and on-time against stale
+    # four injections against the control; per preset and lag: TIS, IcePop and on-time against the stale arm
+    assert len(rows) == 4 + 3 * len(lab["profile"]["presets"]) * len(lab["profile"]["lags"])
     for r in rows:
         line = _find(rf"^- {re.escape(r['comparison'])} \(.*$", text, re.M)[0]
         assert f"over seeds {', '.join(map(str, r['seeds']))}: **{r['verdict']}**" in line, line

@@ -382,6 +382,7 @@ BAD_PARAMETER = {
     "12_solved_vs_never_solved": ("findings_dir", "/no/such/folder", "must be None or an existing local folder"),
     "13_rl_vs_sft_generalization": ("workers", 2.5, "must be a positive integer"),
     "14_process_rewards": ("label_levels", "1,two", "must be a list of integers"),
+    "15_train_inference_mismatch": ("profile", "tiny", "must be one of smoke, quick, full"),
     "20_ratio_explorer": ("replay_preset", "cpgd2", f"must be one of {', '.join(PRESETS)}"),
 }
 

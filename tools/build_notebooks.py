@@ -1014,7 +1014,8 @@ notebook runs the mismatch lab (`eureka_kit.workbench.mismatch_lab`):
 1. **Null runs** (learning rate 0): the policy never moves, so every ρ ≠ 1 is mismatch. One run per injected
    mismatch — a bf16 sampler, top-p / top-k sampling scored untruncated, a learner temperature the sampler did
    not use — against the fp32 control, per seed.
-2. **A stale sampler** (weights `lag` steps behind, the asynchronous case): GRPO with no correction, with TIS
+2. **A stale sampler** (weights `lag` steps behind, the asynchronous case; the dose): GRPO (and CPGD in the full
+   profile, at three lags) with no correction, with TIS
    (weights min(ρ, C)) and with IcePop (tokens with ρ outside [α, β] masked), and on time.
 
 Every comparison is per seed, with its mean, 95% CI and verdict (the evidence engine); formulas in
@@ -1048,7 +1049,7 @@ out = Path(run_root) / "15_mismatch" / profile
 lab = M.run_lab(profile, out, work=out / "runs", workers=workers, progress=progress)
 prof = lab["profile"]
 print(f"profile {prof['name']}: seeds {prof['seeds']}, null runs {prof['null_steps']} steps, RL {prof['rl_steps']} "
-      f"steps, sampler lag {prof['lag']}; {lab['provenance']['cells_wall_s']:.0f} cell-seconds")
+      f"steps, sampler lags {prof['lags']}; {lab['provenance']['cells_wall_s']:.0f} cell-seconds")
 
 
 def judged_table(rows):
@@ -1125,6 +1126,21 @@ for metric, label in (("math_accuracy", "math test accuracy"), ("mismatch/rho_ou
     fig.add_trace(go.Box(x=part.arm, y=part.value, name=label, boxpoints="all"))
 fig.update_layout(boxmode="group", title="per arm (dots: seeds)", xaxis_title="preset / correction / sampler lag",
                   yaxis_title="share", yaxis_tickformat=".0%", height=420)
+fig
+'''),
+    ("code", '''
+# Dose-response: accuracy against the sampler's lag, per correction (mean over seeds; lag 0 = on time, no correction).
+arms = rl.arm.str.split("/", expand=True).rename(columns={0: "preset", 1: "correction", 2: "lag"})
+dose = pd.concat([rl, arms], axis=1)
+dose["lag"] = dose.lag.str.removeprefix("lag").astype(int)
+fig = go.Figure()
+for (preset, correction), part in dose[dose.metric == "math_accuracy"].groupby(["preset", "correction"]):
+    on_time = dose[(dose.metric == "math_accuracy") & (dose.preset == preset) & (dose.lag == 0)]
+    line = pd.concat([on_time, part]).groupby("lag").value.agg(["mean", "sem"]).reset_index()
+    fig.add_trace(go.Scatter(x=line.lag, y=line["mean"], error_y=dict(array=1.96 * line["sem"].fillna(0)),
+                             mode="lines+markers", name=f"{preset} / {correction}"))
+fig.update_layout(title="math test accuracy vs sampler lag (mean ± 1.96 SE over seeds)", xaxis_title="sampler lag "
+                  "(RL steps behind)", yaxis_title="math test accuracy", yaxis_tickformat=".0%", height=400)
 fig
 '''),
     ("code", '''

@@ -69,22 +69,23 @@ class LabProfile:
     null_steps: int
     rl_steps: int
     presets: tuple[str, ...]
-    lag: int
+    lags: tuple[int, ...]  # the mismatch doses: sampler lags in RL steps (each with every correction)
     eval_profile: str  # the findings profile whose evaluation sizes the RL cells use
 
     def arms(self) -> list[LabArm]:
-        return [LabArm(p, c, self.lag) for p in self.presets for c in CORRECTIONS] + \
+        return [LabArm(p, c, lag) for p in self.presets for lag in self.lags for c in CORRECTIONS] + \
                [LabArm(p, "none", 0) for p in self.presets]
 
 
 PROFILES = {
     # smoke: the notebook's test and a first look (2 seeds, 2 RL steps: wide intervals, no calibrated dose)
-    "smoke": LabProfile("smoke", seeds=(0, 1), null_steps=1, rl_steps=2, presets=("grpo",), lag=1,
+    "smoke": LabProfile("smoke", seeds=(0, 1), null_steps=1, rl_steps=2, presets=("grpo",), lags=(1,),
                         eval_profile="quick"),
-    "quick": LabProfile("quick", seeds=(0, 1, 2), null_steps=3, rl_steps=24, presets=("grpo",), lag=4,
+    "quick": LabProfile("quick", seeds=(0, 1, 2), null_steps=3, rl_steps=24, presets=("grpo",), lags=(4,),
                         eval_profile="quick"),
-    "full": LabProfile("full", seeds=(0, 1, 2, 3, 4), null_steps=6, rl_steps=100, presets=("grpo", "cpgd"), lag=4,
-                       eval_profile="full"),
+    # the dose-response: three lags, GRPO and CPGD, 5 seeds (~4,500 cell-seconds, ~40 min on 2 cores; by hand)
+    "full": LabProfile("full", seeds=(0, 1, 2, 3, 4), null_steps=6, rl_steps=100, presets=("grpo", "cpgd"),
+                       lags=(2, 4, 8), eval_profile="full"),
 }
 
 
@@ -232,16 +233,16 @@ def summarize(cells: dict[tuple[str, str, int], dict], prof: LabProfile) -> dict
                  for name in INJECTIONS if name != CONTROL_INJECTION]
     rl_rows = []
     for preset in prof.presets:
-        plain = _per_seed(cells, "rl", LabArm(preset, "none", prof.lag).name, "math_accuracy", seeds)
-        for corr in CORRECTIONS[1:]:
-            rl_rows.append(_row(f"{preset}: {corr} vs no correction",
-                                _per_seed(cells, "rl", LabArm(preset, corr, prof.lag).name,
-                                "math_accuracy", seeds), plain,
-                                f"{corr.upper()} recovers accuracy under a sampler {prof.lag} steps stale",
-                                "math test accuracy, pp", 100.0))
-        rl_rows.append(_row(f"{preset}: on-time vs stale sampler", _per_seed(cells, "rl", f"{preset}/none/lag0",
-                            "math_accuracy", seeds), plain, f"A sampler {prof.lag} steps stale costs accuracy",
-                            "math test accuracy, pp", 100.0))
+        on_time = _per_seed(cells, "rl", LabArm(preset, "none", 0).name, "math_accuracy", seeds)
+        for lag in prof.lags:
+            plain = _per_seed(cells, "rl", LabArm(preset, "none", lag).name, "math_accuracy", seeds)
+            for corr in CORRECTIONS[1:]:
+                rl_rows.append(_row(f"{preset}, lag {lag}: {corr} vs no correction",
+                                    _per_seed(cells, "rl", LabArm(preset, corr, lag).name, "math_accuracy", seeds),
+                                    plain, f"{corr.upper()} recovers accuracy under a sampler {lag} steps stale",
+                                    "math test accuracy, pp", 100.0))
+            rl_rows.append(_row(f"{preset}, lag {lag}: on-time vs stale sampler", on_time, plain,
+                                f"A sampler {lag} steps stale costs accuracy", "math test accuracy, pp", 100.0))
     null_values = {name: {m: _per_seed(cells, "null", name, m, seeds) for m in NULL_METRICS} for name in INJECTIONS}
     rl_values = {a.name: {m: _per_seed(cells, "rl", a.name, m, seeds)
                           for m in ("math_accuracy", "mismatch/kl_k3", "mismatch/rho_out_frac",
