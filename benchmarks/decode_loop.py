@@ -1,13 +1,15 @@
 """The lean CPU sampling loop with and without one of its speedups, side by side in one process.
 
 `--without attention`: transformers' sdpa instead of `rollout.grouped_decode_attention`;
-`--without cache`: the growing `DynamicCache` (a `torch.cat` per token and layer) instead of `rollout.reserve_cache`.
+`--without cache`: the growing `DynamicCache` (a `torch.cat` per token and layer) instead of `rollout.reserve_cache`;
+`--without fast_decode`: the model's own forward per token instead of `fast_decode.Qwen2Decoder.step`.
 Alternating A/B rounds of one toy-world rollout (by default 64 prompts x 8 samples, the RL-lift recipe's batch; max
 48 new tokens) from the toy base policy, timed per round; prints the medians, their ratio, and whether both sampled
 the same tokens from the same seed, for each rollout size in `--prompts`.
 
     python benchmarks/decode_loop.py --without cache --rounds 8 --threads 2
     python benchmarks/decode_loop.py --without attention --prompts 2,4,8,16,32,64
+    python benchmarks/decode_loop.py --without fast_decode --prompts 8,64 --rounds 8
 
 Results go into benchmarks/RESULTS.md (machine, date, numbers).
 """
@@ -29,7 +31,7 @@ from eureka_kit.engine.base_policy import load_policy
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--without", choices=["attention", "cache"], default="cache")
+    ap.add_argument("--without", choices=["attention", "cache", "fast_decode"], default="cache")
     ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--prompts", default="64", help="prompts per rollout; a comma list measures each size")
@@ -40,8 +42,11 @@ def main() -> None:
     cfg = RunConfig.from_preset("cpgd", seed=args.seed, train_per_level=3000, max_len=48)
     policy, processor = load_policy(cfg.model, seed=args.seed)
     problems = load_problems(cfg)
+    lean_loop = rollout.sample_with_cache
     name, disabled = {"attention": ("cpu_decode_attention", lambda policy: contextlib.nullcontext()),
-                      "cache": ("reserve_cache", lambda cache, extra: None)}[args.without]
+                      "cache": ("reserve_cache", lambda cache, extra: None),
+                      "fast_decode": ("sample_with_cache",
+                                      lambda *a, **k: lean_loop(*a, **{**k, "fast_decode": False}))}[args.without]
     speedup = getattr(rollout, name)
 
     def sample(with_speedup: bool, round_: int, prompts: int):

@@ -1,6 +1,11 @@
 """One RL step on CPU: eureka_kit `train()` vs TRL `GRPOTrainer`, same model, prompts, reward and config.
 
-    .venv/bin/python benchmarks/rl_step_vs_trl.py [--rounds 3] [--steps 8] [--json out.json]
+    .venv/bin/python benchmarks/rl_step_vs_trl.py [--rounds 3] [--steps 8] [--json out.json] [--with-baseline]
+
+`--with-baseline` adds a third side, eureka_kit without the fast decode step (`sample_with_cache(...,
+fast_decode=False)`: the model's own forward per token), alternated with the other two.
+TRL is not a dependency of the package: run this with an interpreter that has `trl` (1.16 here) besides the
+package's own environment.
 
 Setup (both sides):
   * model: `eureka_kit.models.build_toy_model(seed=0)` -- the tiny Qwen2 (H128, L3, char vocab), *random init*
@@ -42,6 +47,7 @@ import time
 from pathlib import Path
 
 THREADS = 2
+SIDES = ("ours", "ours_no_fast_decode", "trl")
 PROMPTS, GENS, NEW_TOKENS, LR = 8, 4, 32, 1e-4
 NUM_PROBLEMS = 2000
 
@@ -77,13 +83,17 @@ def _model():
 # Workers (one per subprocess).
 
 
-def worker_ours(steps: int, profile: str | None) -> dict:
+def worker_ours(steps: int, profile: str | None, fast_decode: bool = True) -> dict:
     _set_threads()
     import torch
 
     from eureka_kit.config import RunConfig
     from eureka_kit.engine import loop as train_mod
-    from eureka_kit.engine import runs
+    from eureka_kit.engine import rollout, runs
+
+    if not fast_decode:  # the lean loop with the model's own forward per token
+        lean_loop = rollout.sample_with_cache
+        rollout.sample_with_cache = lambda *a, **k: lean_loop(*a, **{**k, "fast_decode": False})
 
     model, tok = _model()
     model.generation_config.min_new_tokens = NEW_TOKENS  # no min-length knob in train(): force via the model
@@ -122,7 +132,7 @@ def worker_ours(steps: int, profile: str | None) -> dict:
     if prof is not None:
         prof.disable()
         prof.dump_stats(profile)
-    return {"side": "ours", "begins": begins, "len_mean_per_step": lens, "train_wall_s": wall,
+    return {"side": "ours" if fast_decode else "ours_no_fast_decode", "begins": begins, "len_mean_per_step": lens, "train_wall_s": wall,
             "torch": torch.__version__, "threads": torch.get_num_threads(),
             "params": sum(p.numel() for p in model.parameters())}
 
@@ -174,6 +184,13 @@ def worker_trl(steps: int) -> dict:
 # ---------------------------------------------------------------------------------------------
 
 
+def _loadavg() -> float | None:
+    try:
+        return float(Path("/proc/loadavg").read_text().split()[0])
+    except OSError:
+        return None
+
+
 def run_side(side: str, steps: int, profile: str | None = None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "out.json"
@@ -183,13 +200,14 @@ def run_side(side: str, steps: int, profile: str | None = None) -> dict:
             cmd += ["--profile", profile]
         env = dict(os.environ, OMP_NUM_THREADS=str(THREADS), MKL_NUM_THREADS=str(THREADS),
                    TOKENIZERS_PARALLELISM="false", PYTHONWARNINGS="ignore")
-        t0 = time.perf_counter()
+        t0, load_before = time.perf_counter(), _loadavg()
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
         if proc.returncode != 0 or not out.exists():
             sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-4000:])
             raise SystemExit(f"{side} worker failed (rc {proc.returncode})")
         res = json.loads(out.read_text())
         res["process_wall_s"] = time.perf_counter() - t0
+        res["loadavg_1min"] = [load_before, _loadavg()]  # before and after the side's process
     b = res["begins"]
     res["step_s"] = [b[i + 1] - b[i] for i in range(len(b) - 1)]  # step i = begin(i) .. begin(i+1)
     res["measured_step_s"] = res["step_s"][1:]  # drop step 0 (warm-up)
@@ -202,21 +220,25 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3, help="A/B rounds (each side a fresh subprocess per round)")
     ap.add_argument("--steps", type=int, default=8, help="measured steps per side per round (+ warm-up + 1)")
     ap.add_argument("--threads", type=int, default=THREADS, help="torch/OMP threads of each side")
-    ap.add_argument("--only", choices=("ours", "trl"), help="run one side only (debugging)")
+    ap.add_argument("--only", choices=SIDES, help="run one side only (debugging)")
+    ap.add_argument("--with-baseline", action="store_true",
+                    help="also run eureka_kit without the fast decode step (a third alternated side)")
     ap.add_argument("--json", help="write all results here")
-    ap.add_argument("--worker", choices=("ours", "trl"), help=argparse.SUPPRESS)
+    ap.add_argument("--worker", choices=SIDES, help=argparse.SUPPRESS)
     ap.add_argument("--worker-out", help=argparse.SUPPRESS)
     ap.add_argument("--profile", help=argparse.SUPPRESS)
     args = ap.parse_args()
     THREADS = args.threads
 
     if args.worker:
-        res = worker_ours(args.steps, args.profile) if args.worker == "ours" else worker_trl(args.steps)
+        res = worker_trl(args.steps) if args.worker == "trl" else \
+            worker_ours(args.steps, args.profile, fast_decode=args.worker == "ours")
         Path(args.worker_out).write_text(json.dumps(res))
         return
 
     total_steps = args.steps + 2  # warm-up step 0, measured steps, one more so the last measured step has an end
-    sides = [args.only] if args.only else ["ours", "trl"]
+    sides = [args.only] if args.only else ["ours", "ours_no_fast_decode", "trl"] if args.with_baseline else \
+        ["ours", "trl"]
     results: dict[str, list[dict]] = {s: [] for s in sides}
     for r in range(args.rounds):
         for side in sides:  # A/B/A/B
@@ -226,7 +248,7 @@ def main() -> None:
             print(f"round {r} {side:12s}: median {statistics.median(ms):.3f} s/step over {len(ms)} steps "
                   f"(min {min(ms):.3f}, max {max(ms):.3f}); warm-up {res['step_s'][0]:.3f} s; "
                   f"len_mean {statistics.mean(x for x in res['len_mean_per_step'] if x is not None):.1f}; "
-                  f"process {res['process_wall_s']:.1f} s", flush=True)
+                  f"process {res['process_wall_s']:.1f} s; load avg {res['loadavg_1min']}", flush=True)
 
     summary = {}
     for side in sides:
@@ -243,7 +265,8 @@ def main() -> None:
           f"{args.rounds} rounds x {args.steps} steps, sides alternated in each round")
     print("| side | median s/step | mean s/step | min s/step | round medians | mean completion length |")
     print("|---|---:|---:|---:|---|---:|")
-    names = {"ours": "eureka_kit train()", "trl": "TRL GRPOTrainer"}
+    names = {"ours": "eureka_kit train()", "ours_no_fast_decode": "eureka_kit train(), no fast decode step",
+             "trl": "TRL GRPOTrainer"}
     for side in sides:
         s = summary[side]
         print(f"| {names[side]} | {s['median_s']:.3f} | {s['mean_s']:.3f} | {s['min_s']:.3f} | "
@@ -254,8 +277,12 @@ def main() -> None:
         "model": "build_toy_model(seed=0), random init"}}
     if "ours" in summary and "trl" in summary:
         out["rl_step_speedup_vs_trl"] = summary["trl"]["median_s"] / summary["ours"]["median_s"]
+    if "ours" in summary and "ours_no_fast_decode" in summary:
+        out["fast_decode_step_speedup"] = summary["ours_no_fast_decode"]["median_s"] / summary["ours"]["median_s"]
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=1))
+    if "fast_decode_step_speedup" in out:
+        print(f"fast_decode_step_speedup={out['fast_decode_step_speedup']:.3f}")
     if "rl_step_speedup_vs_trl" in out:
         print(f"rl_step_speedup_vs_trl={out['rl_step_speedup_vs_trl']:.3f}")
 

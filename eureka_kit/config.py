@@ -45,6 +45,8 @@ PROCESS_MODES = ("none", "step_advantage", "shaped_reward")
 TOY_WORLD_LEVELS = 6
 # = bestofn.AGGREGATIONS (kept here so the config does not import torch; a test checks they agree)
 PRM_AGGREGATIONS = ("min", "last", "product", "average", "max", "sum_logprob", "sum_logit", "mean_odd")
+# = the keys of algos.diagnostics.SENTINEL_DEFAULTS (config sits below algos; a test checks they agree)
+SENTINEL_KEYS = ("ratio_max", "entropy_slope", "length_drop", "format_gap", "window")
 # Estimators that need a group (K >= 2 responses per prompt) to compute a baseline.
 GROUP_ESTIMATORS = ("grpo", "dr_grpo", "equal", "rloo", "reinforce_pp_baseline")
 
@@ -303,6 +305,16 @@ class RunConfig:
     """continue from the latest checkpoint in run_dir (same config); metrics after it are dropped and redone"""
     max_bad_steps: int = 5
     """stop after this many consecutive steps whose every update had a NaN/Inf loss or gradient"""
+    sentinels: dict[str, float] = field(default_factory=dict)
+    """overrides of the collapse-sentinel thresholds (algos.diagnostics.SENTINEL_DEFAULTS: ratio_max, entropy_slope,
+    length_drop, format_gap, window) for warnings.jsonl and captures; {} = the defaults"""
+    max_captures: int = 3
+    """pre-collapse captures to keep (engine/capture.py): at a step where a collapse sentinel fires (ratio tail,
+    entropy slope, length collapse, NaN/Inf steps) its whole batch and the policy weights at the start and end of
+    the step go to <run>/captures/step_XXXXXX/, at most this many per run; 0 = off. Single-process runs only"""
+    capture_max_bytes: int = 1 << 30
+    """no capture (capture/skipped_bytes logged instead) when the policy's weights exceed this many bytes: while
+    captures are left, the weights are copied to CPU before every step"""
     eval_every: int = 0
     """evaluate every N steps (0 = only at the end)"""
 
@@ -401,6 +413,7 @@ class RunConfig:
         bad = [lv for lv in self.train_levels if not (isinstance(lv, int) and 0 <= lv < TOY_WORLD_LEVELS)]
         if bad:
             raise ConfigError(f"train_levels: unknown level(s) {bad}; the toy world has levels 0..{TOY_WORLD_LEVELS - 1}")
+        self._validate_captures()
         if not isinstance(self.deepspeed_overrides, dict):
             raise ConfigError(f"deepspeed_overrides: expected a dict of DeepSpeed config entries, "
                               f"got {self.deepspeed_overrides!r}")
@@ -458,6 +471,19 @@ class RunConfig:
         if self.task == "mmk12" and not self.data_path:
             raise ConfigError("data_path: required when task='mmk12' (a local folder; nothing is downloaded)")
         self._validate_stages()
+
+    def _validate_captures(self) -> None:
+        if not isinstance(self.sentinels, dict):
+            raise ConfigError(f"sentinels: expected a dict of threshold overrides, got {self.sentinels!r}")
+        for key, value in self.sentinels.items():
+            if key not in SENTINEL_KEYS:
+                raise ConfigError(f"sentinels: unknown threshold {key!r}; allowed: {', '.join(SENTINEL_KEYS)}")
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ConfigError(f"sentinels: {key} must be a number, got {value!r}")
+        for name in ("max_captures", "capture_max_bytes"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ConfigError(f"{name}: must be an integer >= 0, got {value!r}")
 
     def _validate_stages(self) -> None:
         for i, stage in enumerate(self.stages):

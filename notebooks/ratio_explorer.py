@@ -83,5 +83,24 @@ def _(color_picker, replay_picker, run_picker, sample_picker, step_picker):
     return
 
 
+@app.cell
+def _():
+    compare_picker = mo.ui.multiselect(options=list(PRESETS), value=list(explorer.SAME_BATCH_PRESETS),
+                                       label="same batch: objectives")
+    at_picker = mo.ui.radio(options=["end", "start"], value="end", label="captured weights at", inline=True)
+    mo.hstack([compare_picker, at_picker])
+    return at_picker, compare_picker
+
+
+@app.cell
+def _(at_picker, compare_picker, run_picker, step_picker):
+    # The step's batch under every chosen objective, without an optimizer step (parameter gradients when captured).
+    mo.stop(not compare_picker.value, mo.md("Pick at least one objective for the same-batch comparison."))
+    same_pane = explorer.same_batch_pane(run_picker.value, step_picker.value, compare_picker.value, at_picker.value)
+    mo.vstack([mo.md("**Same batch**"), mo.Html(same_pane),
+               explorer.same_batch_chart(run_picker.value, step_picker.value, compare_picker.value, at_picker.value)])
+    return (same_pane,)
+
+
 if __name__ == "__main__":
     app.run()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -26,6 +27,7 @@ def _row(sample, group, adv, reward, new, tokens, mu=None):
 def run(tmp_path):
     explorer.load_step.cache_clear()
     explorer._replayed.cache_clear()
+    explorer._same_batch.cache_clear()
     r = RunDir(tmp_path / "runs" / "grpo-seed0").create({"preset": "grpo", "group_size": 2, "max_len": 8, "seed": 0})
     rows = [_row(0, 0, 1.0, 1.5, [math.log(1.5), 0.0, 0.0], ["<answer>", "7", "</answer>"], mu=[0.0, 0.0, 0.3]),
             _row(1, 0, -1.0, 0.0, [math.log(0.5), 0.0], ["<", "\n"]),
@@ -169,8 +171,28 @@ def test_widget_callbacks_headless(run, tmp_path):
     ui.worst_by.value = "log_rho"
     ui.worst.value = ui.worst.options[0][1]  # the largest |log rho|: step 0 or 4, sample 2
     assert ui.sample.value == 2 and f"step {ui.worst.value[0]}, sample 2" in ui.header.value
+    # the same-batch pane follows the step and the chosen objectives (no capture here: saved log-probs only)
+    assert "same batch" in ui.same.value and "per-token weights only" in ui.same.value and "gspo" in ui.same.value
+    ui.compare.value = ("grpo", "pg")
+    assert "gspo" not in ui.same.value and "cos with grpo" in ui.same.value
+    assert [t.name for t in ui.same_figure.data if t.type == "scattergl"] == ["grpo", "pg"]
+    ui.compare.value = ()
+    assert "pick at least one" in ui.same.value and ui.same_figure is None
     with pytest.raises(FileNotFoundError):
         explorer.ExplorerWidget(tmp_path / "nothing")
+
+
+def test_same_batch_pane_reads_the_saved_step_and_finds_captures(run):
+    # step 4 of the fixture: grpo clips sample 0's first token (r = 1.5, A > 0) and sample 1's (r = 0.5, A < 0);
+    # pg cuts nothing
+    pane = explorer.same_batch_pane(run, 4, ["grpo", "pg"])
+    sb = explorer._same_batch(run, 4, ("grpo", "pg"), "end")
+    assert sb.objectives["grpo"].dropped.sum() == 2 and sb.objectives["pg"].dropped.sum() == 0
+    assert "grpo" in pane and sb.param_cosine is None
+    assert explorer.same_batch_chart(run, 4, ["grpo", "pg"]).data[0].type == "heatmap"
+    assert explorer.step_capture(run, 4) is None
+    (Path(run) / "captures" / "step_000004").mkdir(parents=True)
+    assert explorer.step_capture(run, 4).name == "step_000004" and explorer.step_capture(run, 0) is None
 
 
 def test_marimo_app_runs_headless(run, tmp_path, monkeypatch):
@@ -188,3 +210,4 @@ def test_marimo_app_runs_headless(run, tmp_path, monkeypatch):
     _, defs = module.app.run()
     assert defs["runs"] == [run]
     assert "step 4, sample 0" in defs["panes"]["header"] and "<b>cpgd</b>" in defs["panes"]["replay"]
+    assert all(p in defs["same_pane"] for p in explorer.SAME_BATCH_PRESETS)

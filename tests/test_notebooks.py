@@ -27,7 +27,7 @@ from eureka_kit.workbench import sweep  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 EXPECTED = {"00_tour", "10_kl_removal", "11_clipping", "12_solved_vs_never_solved", "13_rl_vs_sft_generalization",
-            "15_train_inference_mismatch",
+            "15_train_inference_mismatch", "16_objectives_same_batch",
             "14_process_rewards", "20_ratio_explorer"}
 
 
@@ -209,6 +209,7 @@ SMALLEST = {
                                rollout_budget=4, max_len=24, prm_epochs=1, test_per_level=1, bon_n=2, rl_steps=1,
                                rl_batch=1),
     "15_train_inference_mismatch": dict(profile="smoke", workers=1),
+    "16_objectives_same_batch": dict(profile="smoke", workers=1),
     "20_ratio_explorer": dict(num_steps=2, rollout_batch_size=2, group_size=4, update_epochs=2),
 }
 
@@ -427,7 +428,45 @@ def _findings_15_train_inference_mismatch(text: str, params: dict) -> None:
     assert all(v <= 1 + 1e-5 for v in lab["null"]["top-p 0.9"]["mismatch/rho_q99"].values())
 
 
-FINDINGS = {"00_tour": _findings_00_tour, "15_train_inference_mismatch": _findings_15_train_inference_mismatch, "10_kl_removal": _findings_10_kl_removal, "11_clipping": _findings_11_clipping,
+def _findings_16_objectives_same_batch(text: str, params: dict) -> None:
+    """Each objective against CPGD carries its seeds, a 95% CI and a verdict agreeing with objectives.json; the
+    same-batch lines state the captured batch's cosines and dropped / capped shares, with properties that hold by
+    construction (CPGD's cosine with itself is 1; at the start of the step only CISPO can cap, GSPO's sequence clip
+    drops nothing at ratio 1)."""
+    from eureka_kit.workbench.objectives_lab import ARMS
+
+    lab = json.loads((Path(params["run_root"]) / "16_objectives" / params["profile"] / "objectives.json").read_text())
+    rows = lab["judged"]
+    assert len(rows) == 2 * (len(ARMS) - 1)  # tail share and accuracy, every arm against CPGD
+    for r in rows:
+        line = _find(rf"^- {re.escape(r['comparison'])} \(.*$", text, re.M)[0]
+        assert f"over seeds {', '.join(map(str, r['seeds']))}: **{r['verdict']}**" in line, line
+        assert r["verdict"] in ("supports", "contradicts", "inconclusive") and r["seeds"] == [0, 1]
+        effect, low, high = (float(x) for x in _find(rf"\): {NUM} \[95% CI {NUM}, {NUM}\]", line).groups())
+        assert low <= effect <= high and effect == pytest.approx(r["effect"], rel=1e-2, abs=1e-3)
+    same = lab["same_batch"]
+    assert same["capture"], same  # smoke captures its first step (capture_sentinels ratio_max 1)
+    _find(rf"^- Same batch: {same['arm']}, seed {same['seed']}, step {same['step']} \({same['tokens']} tokens\), one "
+          r"captured batch of one seed: descriptive, no verdict\.$", text, re.M)
+    for at, what in (("end", "At the end of the step"), ("start", r"At the start of the step \(ratio 1\)")):
+        line = _find(rf"^- {what}, cosine with CPGD's parameter gradient: (.*)$", text, re.M)[1]
+        cos_part, dropped_part, capped_part = re.match(r"(.*); tokens dropped: (.*); capped: (.*)\.$", line).groups()
+        table = {row["preset"]: row for row in same[at]["table"]}
+        for part, key, scale in ((cos_part, "cos with cpgd", 1.0), (dropped_part, "dropped share", 100.0),
+                                 (capped_part, "capped share", 100.0)):
+            stated = dict(re.findall(rf"(\w+) {NUM}%?", part))
+            assert list(stated) == list(ARMS), part
+            for arm, v in stated.items():
+                assert float(v) == pytest.approx(scale * table[arm][key], abs=6e-3), (at, key, arm)
+        assert table["cpgd"]["cos with cpgd"] == pytest.approx(1.0)
+        assert -1 - 1e-9 <= min(row["cos with cpgd"] for row in table.values()) <= 1 + 1e-9
+        if at == "start":
+            assert all(table[a]["capped share"] == 0 for a in ARMS if a != "cispo")
+            assert table["gspo"]["dropped share"] == 0 and table["cpgd"]["dropped share"] == 0
+
+
+FINDINGS = {"00_tour": _findings_00_tour, "15_train_inference_mismatch": _findings_15_train_inference_mismatch,
+            "16_objectives_same_batch": _findings_16_objectives_same_batch, "10_kl_removal": _findings_10_kl_removal, "11_clipping": _findings_11_clipping,
             "12_solved_vs_never_solved": _findings_12_solved_vs_never_solved,
             "13_rl_vs_sft_generalization": _findings_13_rl_vs_sft_generalization,
             "14_process_rewards": _findings_14_process_rewards, "20_ratio_explorer": _findings_20_ratio_explorer}

@@ -383,6 +383,7 @@ BAD_PARAMETER = {
     "13_rl_vs_sft_generalization": ("workers", 2.5, "must be a positive integer"),
     "14_process_rewards": ("label_levels", "1,two", "must be a list of integers"),
     "15_train_inference_mismatch": ("profile", "tiny", "must be one of smoke, quick, full"),
+    "16_objectives_same_batch": ("progress", "yes", "must be True or False"),
     "20_ratio_explorer": ("replay_preset", "cpgd2", f"must be one of {', '.join(PRESETS)}"),
 }
 

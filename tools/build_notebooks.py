@@ -1158,9 +1158,144 @@ W.show_markdown("\\n".join(lines))
 ]
 
 
+# =============================================================================================
+OBJECTIVES = [
+    ("md", r"""
+# 16 — Objectives on the same batch: CPGD and the post-CPGD objectives under pressure
+
+Six objectives — CPGD, GRPO, SAPO (soft gate), GMPO (geometric mean), CISPO (capped IS weights) and GSPO (sequence
+ratio) — at the stability finding's off-policy pressure (4 minibatches × 2 epochs per rollout). This notebook runs
+the objectives lab (`eureka_kit.workbench.objectives_lab`):
+
+1. **Trained arms**: one run per (objective, seed); ratio tail share (tokens with |log r| > log 2) and math test
+   accuracy, each objective against CPGD per seed with its mean, 95% CI and verdict (the evidence engine).
+2. **One captured batch**: runs keep the batch and the weights of a step where a sentinel fired
+   (`<run>/captures/`). On that batch, without an optimizer step, every objective's loss, per-token gradient weight
+   dL/dl, dropped and capped tokens, parameter-gradient norm and the cosine between every pair of parameter
+   gradients (`workbench.same_batch`), with the weights at the start of the step (ratio 1) and at its end.
+"""),
+    ("params", '''
+profile: str = "quick"  # objectives_lab.PROFILES: smoke (2 seeds, 2 steps), quick (3 seeds), full (5 seeds)
+run_root: str = "runs/notebooks"  # the lab's cells, runs and objectives.json go under <run_root>/16_objectives/<profile>
+workers: int = 2  # worker processes for the cells
+progress: bool = False  # console progress bar
+'''),
+    ("code", '''
+from pathlib import Path
+
+import pandas as pd
+import plotly.graph_objects as go
+from IPython.display import display
+
+from eureka_kit.workbench import arms as W
+from eureka_kit.workbench import notebook_params as P
+from eureka_kit.workbench import objectives_lab as L
+from eureka_kit.workbench import same_batch as SB
+
+params = P.validate(dict(profile=profile, run_root=run_root, workers=workers, progress=progress),
+                    profile=P.choice(L.PROFILES), run_root=P.output_dir, workers=P.positive_int, progress=P.boolean)
+params
+'''),
+    ("code", '''
+out = Path(run_root) / "16_objectives" / profile
+lab = L.run_lab(profile, out, work=out / "runs", workers=workers, progress=progress)
+prof = lab["profile"]
+print(f"profile {prof['name']}: seeds {prof['seeds']}, {prof['steps']} steps per arm at {lab['settings']}; "
+      f"{lab['provenance']['cells_wall_s']:.0f} cell-seconds")
+
+
+def judged_table(rows):
+    def ci(r):
+        return f"{r['effect']:+.3g} [{r['ci_low']:+.3g}, {r['ci_high']:+.3g}]" if "effect" in r else "n/a"
+    return pd.DataFrame([{"comparison": r["comparison"], "claim": r["claim"], "metric": r["metric"],
+                          "seeds": ", ".join(map(str, r["seeds"])),
+                          "per-seed effect": ", ".join(f"{v:+.3g}" for v in r["per_seed_effect"]),
+                          "mean [95% CI]": ci(r), "verdict": r["verdict"]} for r in rows])
+
+
+values = pd.DataFrame([{"arm": arm, "metric": metric, "seed": int(seed), "value": value}
+                       for arm, metrics in lab["values"].items() for metric, by_seed in metrics.items()
+                       for seed, value in by_seed.items()])
+'''),
+    ("md", """
+## 1. Trained arms against CPGD
+
+Effects are claim-oriented (positive = the arm does better than CPGD): CPGD's tail share minus the arm's, the
+arm's accuracy minus CPGD's, in percentage points, paired by seed.
+"""),
+    ("code", '''
+display(judged_table(lab["judged"]))
+values.pivot_table(index="arm", columns="metric", values="value", aggfunc="mean").loc[list(L.ARMS)].round(4)
+'''),
+    ("code", '''
+fig = go.Figure()
+for metric, label in (("ratio_tail_share", "ratio tail share (|log r| > log 2)"), ("math_accuracy", "math test accuracy")):
+    part = values[values.metric == metric]
+    fig.add_trace(go.Box(x=part.arm, y=part.value, name=label, boxpoints="all"))
+fig.update_layout(boxmode="group", title="per arm (dots: seeds)", xaxis_title="objective", yaxis_title="share",
+                  yaxis_tickformat=".1%", height=420)
+fig
+'''),
+    ("md", """
+## 2. Six objectives on one captured batch
+
+The batch a run captured when a sentinel fired (quick and full: the default ratio-tail sentinel, a token ratio
+above 10; smoke: its first step). Left: the cosine between the objectives' parameter gradients; middle: each
+token's gradient weight against its log-ratio (positive = pushed the way its advantage says; a clipped token sits
+at 0); right: the tokens each objective drops (gradient cut) or caps (weight bounded).
+"""),
+    ("code", '''
+same = lab["same_batch"]
+if same["capture"]:
+    print(f"capture: {same['arm']}, seed {same['seed']}, step {same['step']}, {same['tokens']} tokens; fired: "
+          + "; ".join(same["fired"]))
+    end = SB.compare_capture(same["capture"], list(L.ARMS), at="end")
+    display(SB.same_batch_table(end).round(4))
+    display(SB.same_batch_figure(end))
+else:
+    print(same["reason"])
+'''),
+    ("code", '''
+# The same batch with the weights at the start of the step: every ratio is 1, so the objectives differ only in how
+# they weight tokens (aggregation, sequence-level ratios) -- the baseline the end-of-step cosines move from.
+if same["capture"]:
+    start = SB.compare_capture(same["capture"], list(L.ARMS), at="start")
+    display(SB.same_batch_table(start).round(4))
+    display(start.param_cosine.round(3))
+'''),
+    ("code", '''
+def sentence(r):
+    if "effect" not in r:
+        return f"- {r['comparison']}: {r['verdict']} ({r.get('reason', '')})."
+    return (f"- {r['comparison']} ({r['metric']}): {r['effect']:+.3g} [95% CI {r['ci_low']:+.3g}, "
+            f"{r['ci_high']:+.3g}] over seeds {', '.join(map(str, r['seeds']))}: **{r['verdict']}**.")
+
+
+def per_arm(at, key, fmt):
+    table = {row["preset"]: row for row in same[at]["table"]}
+    return ", ".join(f"{arm} {fmt(table[arm][key])}" for arm in L.ARMS)
+
+
+lines = ["**What this shows** (trained arms: mean over seeds with its 95% CI and the verdict):"]
+lines += [sentence(r) for r in lab["judged"]]
+if same["capture"]:
+    lines.append(f"- Same batch: {same['arm']}, seed {same['seed']}, step {same['step']} ({same['tokens']} tokens), "
+                 "one captured batch of one seed: descriptive, no verdict.")
+    for at, what in (("end", "At the end of the step"), ("start", "At the start of the step (ratio 1)")):
+        lines.append(f"- {what}, cosine with CPGD's parameter gradient: "
+                     f"{per_arm(at, 'cos with cpgd', lambda v: f'{v:.3f}')}; tokens dropped: "
+                     f"{per_arm(at, 'dropped share', lambda v: f'{100 * v:.2f}%')}; capped: "
+                     f"{per_arm(at, 'capped share', lambda v: f'{100 * v:.2f}%')}.")
+else:
+    lines.append(f"- Same batch: {same['reason']}.")
+W.show_markdown("\\n".join(lines))
+'''),
+]
+
+
 NOTEBOOKS = {"00_tour": TOUR, "10_kl_removal": KL, "11_clipping": CLIP, "12_solved_vs_never_solved": SOLVED,
              "13_rl_vs_sft_generalization": GEN, "14_process_rewards": PRM, "15_train_inference_mismatch": MISMATCH,
-             "20_ratio_explorer": EXPLORER}
+             "16_objectives_same_batch": OBJECTIVES, "20_ratio_explorer": EXPLORER}
 
 
 def main(names: list[str]) -> None:

@@ -138,15 +138,21 @@ def step_warnings(history: list[dict[str, float]], rollouts_of: Callable[[int], 
     Called by `train` after every step, so `warnings.jsonl` grows as the run goes; equal to filtering
     `collapse_warnings(history)` to the last step, plus the samples.
     """
-    if not history:
-        return []
-    t = {**SENTINEL_DEFAULTS, **thresholds}
-    fired = _warnings_at(history, len(history) - 1, _early_length(history, int(t["window"])), t)
+    fired = sentinels_at(history, **thresholds)
     if fired:
         rows = rollouts_of(int(fired[0]["step"])).to_dict("records")
         for w in fired:
             w["samples"] = offending_samples(str(w["kind"]), rows, top_k)
     return fired
+
+
+def sentinels_at(history: list[dict[str, float]], **thresholds: float) -> list[dict[str, object]]:
+    """The warnings (step, since_step, kind, value, message) that fire at the last step of `history`, without
+    samples: `collapse_warnings(history)` filtered to that step. [] for an empty history."""
+    if not history:
+        return []
+    t = {**SENTINEL_DEFAULTS, **thresholds}
+    return _warnings_at(history, len(history) - 1, _early_length(history, int(t["window"])), t)
 
 
 def offending_samples(kind: str, rows: list[dict], top_k: int = 3) -> list[dict[str, object]]:

@@ -4,7 +4,8 @@
 -> advantages x CPGD weights, then the run's signal if any (`signals`: e.g. the PRM) -> `update` (old and
 reference log-probs; per update epoch and minibatch of `train_batch_size` responses: new log-probs, chunked and
 fused with the output projection, `losses.policy_loss`, backward with exact gradient accumulation, grad clip,
-optimizer step) -> diagnostics (`step_metrics`) -> run directory -> checkpoint.
+optimizer step) -> diagnostics (`step_metrics`) -> capture when a collapse sentinel fires (`capture.py`: the batch
+and the weights at the start and end of the step) -> run directory -> checkpoint.
 
 Departures from MM-EUREKA worth knowing: micro-batch losses are weighted so that gradient accumulation equals one
 aggregate over the optimizer batch (the code's D2 per-micro-batch mean is the special case micro_batch_size = 1
@@ -36,6 +37,7 @@ from eureka_kit.data import rewards
 from eureka_kit.data.problems import ProblemStream, load_problems
 from eureka_kit.engine import signals
 from eureka_kit.engine.batch import Rollouts
+from eureka_kit.engine.capture import Capturer
 from eureka_kit.engine.checkpoints import load_weights, open_run_dir, save_checkpoint
 from eureka_kit.engine.collect import collect_batch
 from eureka_kit.engine.distributed import World, init_world
@@ -81,6 +83,7 @@ def train(cfg: RunConfig, *, policy=None, processor=None, problems: list[dict] |
         f"last good checkpoint is kept in {run_dir.path / 'checkpoints'}; lower lr or inspect {run_dir.path / 'rollouts'}."))
     bar = progress_bar(cfg, start, world, progress)
     sampler = Sampler(cfg)
+    capturer = Capturer(cfg, run_dir, world, processor)  # keeps the batch and weights of steps where a sentinel fires
     stage, cfg = 0, cfg.stage_config(0)  # from here on `cfg` is the current stage's config (run.cfg: the run's)
     for step in bar:
         if run.cfg.stage_at(step) != stage:  # a new stage begins, or a resumed run starts inside a later one
@@ -112,6 +115,7 @@ def train(cfg: RunConfig, *, policy=None, processor=None, problems: list[dict] |
             adv, signal_metrics = signal.apply(ro, scored, adv, mask, tokenizer_of(processor))
             metrics.update(signal_metrics)
         # update
+        capturer.before_update(policy)  # the weights at the start of the step, while captures are left
         upd = update(policy, learner, ro, adv, mask, cfg, world, gen, ref_policy)
         if cfg.rollout_backend == "vllm":  # the engine samples the next rollout: hand it the updated weights
             with learner.full_weights():
@@ -120,6 +124,7 @@ def train(cfg: RunConfig, *, policy=None, processor=None, problems: list[dict] |
         metrics.update(step_metrics(ro, scored, adv, mask, upd, learner, cfg, t0=t0, t_rollout=t_rollout,
                                     elapsed=elapsed_before + time.perf_counter() - t_start))
         metrics = world.reduce_metrics(metrics, num_responses=len(ro.texts))
+        metrics.update(capturer.after_step(step, [*run.history, metrics], ro, scored, adv, mask, upd, policy))
         _log(run, run_dir, metrics)
         _write_step(run, run_dir, step, ro, scored, adv, mask, upd, processor, cfg.group_size)
         bar.set_postfix(reward=f"{metrics['reward/mean']:.2f}", acc=f"{metrics['reward/accuracy']:.2f}",
@@ -136,13 +141,16 @@ def train(cfg: RunConfig, *, policy=None, processor=None, problems: list[dict] |
 
 @dataclass
 class Update:
-    """What one step's policy update saw and did: (B, T) old/new log-probs and entropy, the learner's log-probs
-    after each update epoch (with several epochs), per-micro-batch loss stats, grad norms, skipped optimizer steps."""
+    """What one step's policy update saw and did: (B, T) old/new log-probs and entropy, the reference's log-probs
+    (when a reference KL is on), the learner's log-probs after each update epoch (with several epochs), every
+    micro-batch's (epoch, minibatch, rows) and loss stats, grad norms, skipped optimizer steps."""
 
     old_logp: Tensor
     new_logp: Tensor
     entropy: Tensor
+    ref_logp: Tensor | None = None
     epoch_logps: list[Tensor] = field(default_factory=list)
+    micro_batches: list[tuple[int, int, list[int]]] = field(default_factory=list)
     stats: list[dict[str, float]] = field(default_factory=list)
     grad_norms: list[float] = field(default_factory=list)
     skipped: int = 0
@@ -160,14 +168,14 @@ def update(policy, learner, ro: Rollouts, adv: Tensor, mask: Tensor, cfg: RunCon
         old_logp, entropy = batched_logprobs(policy, ro, cfg, with_entropy=True)  # (B, T)
     ref_logp = batched_logprobs(ref_policy, ro, cfg) if ref_policy is not None else None
     behavior_logp = ro.behavior_logp if ro.extras.get("has_behavior_logp") else None
-    out = Update(old_logp, old_logp.clone(), entropy)
+    out = Update(old_logp, old_logp.clone(), entropy, ref_logp)
     nonfinite = 0
-    for _epoch in range(cfg.update_epochs):
+    for epoch in range(cfg.update_epochs):
         # Shuffle whole groups, so every minibatch holds complete groups (group-token-mean needs them).
         K = cfg.group_size if B % cfg.group_size == 0 else 1
         groups = torch.randperm(B // K, generator=gen)
         order = (groups[:, None] * K + torch.arange(K)[None, :]).reshape(-1)
-        for minibatch in order.split(cfg.train_batch_size // world.size):
+        for m, minibatch in enumerate(order.split(cfg.train_batch_size // world.size)):
             # Normalise by the units of the whole minibatch, summed over ranks: accumulation stays exact.
             units = world.sum(losses.aggregation_units(mask[minibatch], cfg.aggregation, group_size=cfg.group_size))
             micros = minibatch.split(cfg.micro_batch_size)
@@ -185,6 +193,7 @@ def update(policy, learner, ro: Rollouts, adv: Tensor, mask: Tensor, cfg: RunCon
                 if not learner.backward(loss * weight, last=i == len(micros) - 1):
                     nonfinite += 1  # a NaN/Inf loss poisons the whole minibatch: the step is skipped
                 out.new_logp[micro] = logp.detach().float().cpu()
+                out.micro_batches.append((epoch, m, micro.tolist()))
                 out.stats.append(stats)
             grad_norm = learner.step(nonfinite)  # over every rank's share of the minibatch; None = skipped
             nonfinite = 0
@@ -261,7 +270,7 @@ def _write_step(run: Run, run_dir: RunDir, step: int, ro: Rollouts, scored, adv,
     """The step's rollouts, its collapse-sentinel warnings and its per-problem attempts, into the run directory."""
     run_dir.write_rollouts(step, _rollout_rows(step, ro, scored, adv, upd.old_logp, upd.new_logp, upd.entropy, mask,
                                               processor, group_size, upd.epoch_logps))
-    run_dir.log_warnings(diagnostics.step_warnings(run.history, run_dir.rollouts))  # collapse sentinels
+    run_dir.log_warnings(diagnostics.step_warnings(run.history, run_dir.rollouts, **run.cfg.sentinels))  # sentinels
     problems = [ro.problems[i] for i in ro.problem_index.tolist()]
     run_dir.add_problem_attempts(step, [p["id"] for p in problems], [p.get("subject", "math") for p in problems],
                                  scored["accuracy"].tolist())

@@ -9,6 +9,8 @@
     <run>/checkpoints/step_XXXXXX/ model.safetensors (+ config), trainer.pt (optimizer, RNG and cursor
                                   state), state.json; written to a temporary folder and renamed, so a crash
                                   never leaves a half checkpoint
+    <run>/captures/step_XXXXXX/   a step where a collapse sentinel fired: its whole batch and the weights at the
+                                  start and end of the step (engine/capture.py; at most `max_captures`)
 
 Everything is plain JSON/parquet so analysts can open it with pandas or polars.
 """
@@ -148,7 +150,7 @@ class RunDir:
         problems = self.problems()
         self._problem_rows = problems[problems.step <= step].to_dict("records") if len(problems) else []
         self.flush_problems()
-        for ckpt in self.checkpoints():
+        for ckpt in self.checkpoints() + self.captures():
             if int(ckpt.name.split("_")[1]) > step:
                 shutil.rmtree(ckpt)
 
@@ -181,6 +183,10 @@ class RunDir:
 
     def checkpoints(self) -> list[Path]:
         return sorted(p for p in (self.path / "checkpoints").glob("step_*") if not p.name.endswith(".tmp"))
+
+    def captures(self) -> list[Path]:
+        """The pre-collapse capture folders (engine/capture.py `load_capture` reads one), by step."""
+        return sorted(p for p in (self.path / "captures").glob("step_*") if not p.name.endswith(".tmp"))
 
 
 @dataclass

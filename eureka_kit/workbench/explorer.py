@@ -1,7 +1,8 @@
 """Ratio explorer over run directories: pick a run, a step, a sample; see its tokens coloured by
 log-ratio / train-inference mismatch / advantage / clip event / entropy, a per-token chart of pi_theta, pi_old and
 the sampler's mu under the text, the run's worst tokens (by |log r| and by |log rho|, each opening its sample), the
-step's raw tail quantiles, its group's rewards, and the step's loss replayed under another preset.
+step's raw tail quantiles, its group's rewards, the step's loss replayed under another preset, and the step's
+same-batch comparison of several objectives (`same_batch`: parameter-gradient cosines when the run captured it).
 
 Everything that computes is a pure function of (run path, step, sample, choices) returning HTML strings
 or tables, so it is tested without a browser; `ExplorerWidget` (ipywidgets, JupyterLab) and
@@ -23,6 +24,7 @@ import pandas as pd
 
 from eureka_kit.config import RunConfig
 from eureka_kit.engine.runs import open_run
+from eureka_kit.workbench import same_batch
 from eureka_kit.workbench.replay import pad_column, replay_step, step_tensors
 
 COLOR_BY = ("log-ratio", "mismatch", "advantage", "clip", "entropy")
@@ -356,6 +358,36 @@ def replay_html(run: str, step: int, preset: str, sample: int | None = None) -> 
             + t.to_html(index=False, float_format=lambda v: f"{v:.4g}", border=0))
 
 
+SAME_BATCH_PRESETS = ("cpgd", "grpo", "sapo", "gmpo", "cispo", "gspo")
+
+
+def step_capture(run: str, step: int) -> Path | None:
+    """The run's capture of `step` (a collapse sentinel fired there: engine/capture.py), or None."""
+    return next((p for p in open_run(run).captures() if int(p.name.split("_")[1]) == step), None)
+
+
+@lru_cache(maxsize=16)
+def _same_batch(run: str, step: int, presets: tuple[str, ...], at: str):
+    capture = step_capture(run, step)
+    if capture is not None:  # the step's weights were kept: parameter gradients and their cosines
+        return same_batch.compare_capture(capture, presets, at=at)
+    return same_batch.compare_step(run, step, presets)
+
+
+def same_batch_pane(run: str, step: int, presets: list[str] | tuple[str, ...] = SAME_BATCH_PRESETS,
+                    at: str = "end") -> str:
+    """The step's same-batch comparison of `presets` as HTML (same_batch.same_batch_html): with the captured weights
+    (at the start or end of the step) when the run captured that step, else from the saved log-probs alone."""
+    if not presets:
+        return "<div>same batch: pick at least one preset</div>"
+    return same_batch.same_batch_html(_same_batch(run, step, tuple(presets), at))
+
+
+def same_batch_chart(run: str, step: int, presets: list[str] | tuple[str, ...] = SAME_BATCH_PRESETS, at: str = "end"):
+    """The step's same-batch figure (same_batch.same_batch_figure)."""
+    return same_batch.same_batch_figure(_same_batch(run, step, tuple(presets), at))
+
+
 def view(run: str, step: int, sample: int, color_by: str = "log-ratio", replay_preset: str = "cpgd") -> dict[str, str]:
     """Everything the explorer shows for one selection, as HTML strings: header, tokens, group, replay."""
     df = load_step(run, step)
@@ -397,9 +429,14 @@ class ExplorerWidget:
         self.worst = w.Select(description="worst", rows=6, layout=w.Layout(width="760px"))
         self.header, self.tokens, self.tails, self.group, self.replay = (w.HTML() for _ in range(5))
         self.chart = w.Output()
+        # the step's same-batch comparison (per step, not per sample): presets, weights at the start / end of a capture
+        self.compare = w.SelectMultiple(options=list(PRESETS), value=SAME_BATCH_PRESETS, rows=6,
+                                        description="same batch")
+        self.compare_at = w.ToggleButtons(options=["end", "start"], value="end", description="weights at")
+        self.same, self.same_chart = w.HTML(), w.Output()
         self.widget = w.VBox([w.HBox([self.run, self.step, self.sample]), w.HBox([self.color_by, self.replay_preset]),
                               self.worst_by, self.worst, self.header, self.tokens, self.chart, self.tails, self.group,
-                              self.replay])
+                              self.replay, w.HBox([self.compare, self.compare_at]), self.same, self.same_chart])
         self._busy = False
         self.run.observe(self._on_run, names="value")
         self.step.observe(self._on_step, names="value")
@@ -407,6 +444,8 @@ class ExplorerWidget:
         self.worst.observe(self._open_worst, names="value")
         for control in (self.sample, self.color_by, self.replay_preset):
             control.observe(self._render, names="value")
+        for control in (self.compare, self.compare_at):
+            control.observe(self._render_same, names="value")
         self._on_run()
 
     def _on_run(self, change=None) -> None:
@@ -438,6 +477,21 @@ class ExplorerWidget:
         self.sample.value = self.sample.options[0][1]
         self._busy = False
         self._render()
+        self._render_same()
+
+    def _render_same(self, change=None) -> None:
+        if self._busy or self.step.value is None:
+            return
+        presets = list(self.compare.value)
+        self.same.value = same_batch_pane(self.run.value, self.step.value, presets, self.compare_at.value)
+        self.same_figure = same_batch_chart(self.run.value, self.step.value, presets,
+                                            self.compare_at.value) if presets else None
+        self.same_chart.clear_output(wait=True)
+        if self.same_figure is not None:
+            with self.same_chart:
+                from IPython.display import display
+
+                display(self.same_figure)
 
     def _render(self, change=None) -> None:
         if self._busy or self.sample.value is None:
