@@ -36,7 +36,7 @@ test: setup
 # machine does not use by itself, so a test that holds on AVX512 only (or AVX2 only) fails there.
 CAPABILITY ?= avx2
 NUMERICS_TESTS := tests/test_train.py tests/test_prm_train.py tests/test_toy.py tests/test_sft.py \
-	tests/test_rollout_fast.py tests/test_stages.py tests/test_evaluate.py
+	tests/test_rollout_fast.py tests/test_stages.py tests/test_evaluate.py tests/test_fast_decode.py tests/test_mismatch.py
 test-numerics: setup
 	ATEN_CPU_CAPABILITY=$(CAPABILITY) $(BIN)/python -m pytest -q -rs --allowed-skips 'CUDA' $(NUMERICS_TESTS)
 
