@@ -1037,6 +1037,7 @@ from IPython.display import display
 
 from eureka_kit.engine.runs import open_run
 from eureka_kit.workbench import arms as W
+from eureka_kit.workbench import evidence
 from eureka_kit.workbench import mismatch_lab as M
 from eureka_kit.workbench import notebook_params as P
 
@@ -1052,14 +1053,6 @@ print(f"profile {prof['name']}: seeds {prof['seeds']}, null runs {prof['null_ste
       f"steps, sampler lags {prof['lags']}; {lab['provenance']['cells_wall_s']:.0f} cell-seconds")
 
 
-def judged_table(rows):
-    def ci(r):
-        return f"{r['effect']:+.3g} [{r['ci_low']:+.3g}, {r['ci_high']:+.3g}]" if "effect" in r else "n/a"
-    return pd.DataFrame([{"comparison": r["comparison"], "claim": r["claim"], "metric": r["metric"],
-                          "seeds": ", ".join(map(str, r["seeds"])),
-                          "per-seed effect": ", ".join(f"{v:+.3g}" for v in r["per_seed_effect"]),
-                          "mean [95% CI]": ci(r), "verdict": r["verdict"]} for r in rows])
-
 
 def long_table(values, key):
     return pd.DataFrame([{key: name, "metric": metric, "seed": int(seed), "value": value}
@@ -1073,7 +1066,7 @@ KL(μ‖π_old) by k3 and the ρ quantiles, averaged over each run's steps. Top-
 kept tokens, so every sampled token has μ ≥ π_old: ρ ≤ 1, a bias no learning caused.
 """),
     ("code", '''
-display(judged_table(lab["judged_null"]))
+display(evidence.judged_table(lab["judged_null"]))
 null = long_table(lab["null"], "injection")
 null.pivot_table(index="injection", columns="metric", values="value", aggfunc="mean").round(5)
 '''),
@@ -1114,7 +1107,7 @@ Each arm trains GRPO with the sampler `lag` steps behind (and one on time); the 
 comparisons (test accuracy, pp), the figure the per-seed values.
 """),
     ("code", '''
-display(judged_table(lab["judged_rl"]))
+display(evidence.judged_table(lab["judged_rl"]))
 rl = long_table(lab["rl"], "arm")
 rl.pivot_table(index="arm", columns="metric", values="value", aggfunc="mean").round(4)
 '''),
@@ -1144,15 +1137,8 @@ fig.update_layout(title="math test accuracy vs sampler lag (mean ± 1.96 SE over
 fig
 '''),
     ("code", '''
-def sentence(r):
-    if "effect" not in r:
-        return f"- {r['comparison']}: {r['verdict']} ({r.get('reason', '')})."
-    return (f"- {r['comparison']} ({r['metric']}): {r['effect']:+.3g} [95% CI {r['ci_low']:+.3g}, "
-            f"{r['ci_high']:+.3g}] over seeds {', '.join(map(str, r['seeds']))}: **{r['verdict']}**.")
-
-
 lines = ["**What this shows** (every line: mean over seeds with its 95% CI and the verdict):"]
-lines += [sentence(r) for r in lab["judged_null"] + lab["judged_rl"]]
+lines += [evidence.judged_line(r) for r in lab["judged_null"] + lab["judged_rl"]]
 W.show_markdown("\\n".join(lines))
 '''),
 ]
@@ -1188,6 +1174,7 @@ import plotly.graph_objects as go
 from IPython.display import display
 
 from eureka_kit.workbench import arms as W
+from eureka_kit.workbench import evidence
 from eureka_kit.workbench import notebook_params as P
 from eureka_kit.workbench import objectives_lab as L
 from eureka_kit.workbench import same_batch as SB
@@ -1204,14 +1191,6 @@ print(f"profile {prof['name']}: seeds {prof['seeds']}, {prof['steps']} steps per
       f"{lab['provenance']['cells_wall_s']:.0f} cell-seconds")
 
 
-def judged_table(rows):
-    def ci(r):
-        return f"{r['effect']:+.3g} [{r['ci_low']:+.3g}, {r['ci_high']:+.3g}]" if "effect" in r else "n/a"
-    return pd.DataFrame([{"comparison": r["comparison"], "claim": r["claim"], "metric": r["metric"],
-                          "seeds": ", ".join(map(str, r["seeds"])),
-                          "per-seed effect": ", ".join(f"{v:+.3g}" for v in r["per_seed_effect"]),
-                          "mean [95% CI]": ci(r), "verdict": r["verdict"]} for r in rows])
-
 
 values = pd.DataFrame([{"arm": arm, "metric": metric, "seed": int(seed), "value": value}
                        for arm, metrics in lab["values"].items() for metric, by_seed in metrics.items()
@@ -1224,7 +1203,7 @@ Effects are claim-oriented (positive = the arm does better than CPGD): CPGD's ta
 arm's accuracy minus CPGD's, in percentage points, paired by seed.
 """),
     ("code", '''
-display(judged_table(lab["judged"]))
+display(evidence.judged_table(lab["judged"]))
 values.pivot_table(index="arm", columns="metric", values="value", aggfunc="mean").loc[list(L.ARMS)].round(4)
 '''),
     ("code", '''
@@ -1264,20 +1243,13 @@ if same["capture"]:
     display(start.param_cosine.round(3))
 '''),
     ("code", '''
-def sentence(r):
-    if "effect" not in r:
-        return f"- {r['comparison']}: {r['verdict']} ({r.get('reason', '')})."
-    return (f"- {r['comparison']} ({r['metric']}): {r['effect']:+.3g} [95% CI {r['ci_low']:+.3g}, "
-            f"{r['ci_high']:+.3g}] over seeds {', '.join(map(str, r['seeds']))}: **{r['verdict']}**.")
-
-
 def per_arm(at, key, fmt):
     table = {row["preset"]: row for row in same[at]["table"]}
     return ", ".join(f"{arm} {fmt(table[arm][key])}" for arm in L.ARMS)
 
 
 lines = ["**What this shows** (trained arms: mean over seeds with its 95% CI and the verdict):"]
-lines += [sentence(r) for r in lab["judged"]]
+lines += [evidence.judged_line(r) for r in lab["judged"]]
 if same["capture"]:
     lines.append(f"- Same batch: {same['arm']}, seed {same['seed']}, step {same['step']} ({same['tokens']} tokens), "
                  "one captured batch of one seed: descriptive, no verdict.")

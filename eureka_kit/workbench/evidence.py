@@ -199,3 +199,41 @@ def sentence(judgement: Judgement, claim: str, unit: str = "") -> str:
         return f"{claim}: {effect} ({level} CI n/a, 1 seed) — one seed: no verdict."
     ci = f"{_num(judgement.ci_low, unit)} to {_num(judgement.ci_high, unit)}"
     return f"{claim}: {effect} ({level} CI {ci}, {judgement.n} seeds) — {judgement.verdict}."
+
+
+def judged_row(comparison: str, claim: str, metric: str, effects: Mapping[int, float],
+               reason: str = "fewer than 2 seeds") -> dict:
+    """A comparison as a JSON-ready row: per-seed claim-oriented `effects` ({seed: effect}), their mean, 95% CI and
+    verdict (`judge`); with fewer than 2 seeds "inconclusive" and `reason` instead of an interval. The labs'
+    mismatch.json and objectives.json hold these rows; `judged_table` and `judged_line` render them.
+
+    >>> judged_row("a vs b", "a beats b", "pp", {0: 1.0, 1: 2.0, 2: 1.5})["verdict"]
+    'supports'
+    """
+    seeds = sorted(effects)
+    row = dict(comparison=comparison, claim=claim, metric=metric, seeds=seeds,
+               per_seed_effect=[effects[s] for s in seeds])
+    if len(seeds) < 2:
+        return {**row, "verdict": "inconclusive", "reason": reason}
+    j = judge({s: effects[s] for s in seeds})
+    return {**row, "effect": j.effect, "ci_low": j.ci_low, "ci_high": j.ci_high, "verdict": j.verdict}
+
+
+def judged_table(rows: Sequence[dict]):
+    """`judged_row`s as a pandas DataFrame: comparison, claim, metric, seeds, per-seed effects, mean [95% CI], verdict."""
+    import pandas as pd
+
+    def ci(r):
+        return f"{r['effect']:+.3g} [{r['ci_low']:+.3g}, {r['ci_high']:+.3g}]" if "effect" in r else "n/a"
+    return pd.DataFrame([{"comparison": r["comparison"], "claim": r["claim"], "metric": r["metric"],
+                          "seeds": ", ".join(map(str, r["seeds"])),
+                          "per-seed effect": ", ".join(f"{v:+.3g}" for v in r["per_seed_effect"]),
+                          "mean [95% CI]": ci(r), "verdict": r["verdict"]} for r in rows])
+
+
+def judged_line(r: dict) -> str:
+    """One markdown bullet for a `judged_row`: effect, 95% CI, seeds and the verdict in bold."""
+    if "effect" not in r:
+        return f"- {r['comparison']}: {r['verdict']} ({r.get('reason', '')})."
+    return (f"- {r['comparison']} ({r['metric']}): {r['effect']:+.3g} [95% CI {r['ci_low']:+.3g}, "
+            f"{r['ci_high']:+.3g}] over seeds {', '.join(map(str, r['seeds']))}: **{r['verdict']}**.")

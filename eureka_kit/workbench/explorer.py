@@ -78,16 +78,21 @@ def _replayed(run: str, step: int, preset: str):
     return replay_step(run, step, preset)
 
 
+def _sample_index(run: str, step: int, sample: int) -> int:
+    """Row of `sample` in step `step`'s saved rollouts; ValueError naming the samples there when it is missing."""
+    df = load_step(run, step)
+    rows = df.index[df["sample"] == sample]
+    if not len(rows):
+        raise ValueError(f"sample: {sample} is not in step {step} (samples 0..{len(df) - 1})")
+    return int(rows[0])
+
+
 def token_values(run: str, step: int, sample: int, color_by: str) -> tuple[list[str], np.ndarray, str]:
     """(tokens, values, legend) of one sample. clip: -1 clipped low side, +1 high side, 0 not clipped
     (under the run's own preset)."""
     if color_by not in COLOR_BY:
         raise ValueError(f"color_by: must be one of {COLOR_BY}, got {color_by!r}")
-    df = load_step(run, step)
-    rows = df.index[df["sample"] == sample]
-    if not len(rows):
-        raise ValueError(f"sample: {sample} is not in step {step} (samples 0..{len(df) - 1})")
-    i = int(rows[0])
+    df, i = load_step(run, step), _sample_index(run, step, sample)
     row = df.iloc[i]
     tokens = list(row["tokens"]) if "tokens" in df else [str(t) for t in row["token_ids"]]
     n = len(tokens)
@@ -186,11 +191,7 @@ def token_table(run: str, step: int, sample: int) -> pd.DataFrame:
     (the sampler), log r, log rho, advantage, entropy, and flags clipped (under the run's preset), masked (out of
     the loss), truncated (the response hit max_len; its last token), corrected (the run's correction weighted or
     dropped it)."""
-    df = load_step(run, step)
-    rows = df.index[df["sample"] == sample]
-    if not len(rows):
-        raise ValueError(f"sample: {sample} is not in step {step} (samples 0..{len(df) - 1})")
-    i = int(rows[0])
+    df, i = load_step(run, step), _sample_index(run, step, sample)
     row = df.iloc[i]
     new, old = np.asarray(row["new_logp"], float), np.asarray(row["old_logp"], float)
     n = len(new)

@@ -216,27 +216,35 @@ def run_profile(profile: str | Profile = "quick", out: str | Path = "reports/fin
     build_base_policy(seed=0)  # built once here, not raced by the workers
     cells = read_cells(out, prof)
     todo = [c for c in prof.cells() if c not in cells]
-    threads = max(1, (os.cpu_count() or 1) // max(1, workers))
-    bar = tqdm(total=len(prof.cells()), initial=len(cells), desc=f"findings ({prof.name})", disable=not progress,
-               ncols=100)
-    if todo and workers > 1:
-        with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-            futures = {pool.submit(run_cell, a, s, prof, str(out), str(work), threads): (a, s) for a, s in todo}
-            for fut in as_completed(futures):
-                cells[futures[fut]] = fut.result()
-                bar.set_postfix_str(f"{futures[fut][0]} seed {futures[fut][1]}")
-                bar.update()
-    else:
-        for a, s in todo:
-            cells[(a, s)] = run_cell(a, s, prof, str(out), str(work), threads)
-            bar.update()
-    bar.close()
+    run_cells(run_cell, todo, (prof, str(out), str(work)), cells, workers=workers, desc=f"findings ({prof.name})",
+              progress=progress)
     result = summarize(cells, prof)
     result["profile"]["work"] = str(work)
     result["provenance"].update(elapsed_s=time.perf_counter() - started, cells_run=len(todo), workers=workers)
     out.mkdir(parents=True, exist_ok=True)
     (out / "findings.json").write_text(json.dumps(result, indent=1, default=float))
     return result
+
+
+def run_cells(fn, todo: list[tuple], args: tuple, cells: dict[tuple, dict], *, workers: int, desc: str,
+              progress: bool = True) -> None:
+    """Run `fn(*cell, *args, threads)` for every cell of `todo` into `cells` (keyed by the cell tuple), in `workers`
+    spawned processes sharing the cores' torch threads (in this process when `workers` is 1), with a progress bar
+    that counts the cells already in `cells` as done. Used by the findings and the labs."""
+    threads = max(1, (os.cpu_count() or 1) // max(1, workers))
+    bar = tqdm(total=len(cells) + len(todo), initial=len(cells), desc=desc, disable=not progress, ncols=100)
+    if todo and workers > 1:
+        with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+            futures = {pool.submit(fn, *cell, *args, threads): cell for cell in todo}
+            for fut in as_completed(futures):
+                cells[futures[fut]] = fut.result()
+                bar.set_postfix_str(" ".join(map(str, futures[fut])))
+                bar.update()
+    else:
+        for cell in todo:
+            cells[cell] = fn(*cell, *args, threads)
+            bar.update()
+    bar.close()
 
 
 def summarize(cells: dict[tuple[str, int], dict], prof: Profile) -> dict[str, Any]:

@@ -22,18 +22,15 @@ import hashlib
 import json
 import os
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
-
-from tqdm import tqdm
 
 from eureka_kit.version import __version__
 from eureka_kit.workbench import evidence
 from eureka_kit.workbench.findings import PROFILES as FINDINGS_PROFILES
 from eureka_kit.workbench.findings import RL_SETTINGS
+from eureka_kit.workbench.findings_run import measure, run_cells
 
 # Injected mismatches of the null runs (RunConfig overrides of the sampler or the learner's scoring).
 INJECTIONS: dict[str, dict[str, Any]] = {
@@ -113,7 +110,6 @@ def rl_cell(arm: LabArm, seed: int, profile: LabProfile, work: str) -> dict[str,
     from eureka_kit.config import RunConfig
     from eureka_kit.engine.base_policy import load_policy
     from eureka_kit.engine.loop import train
-    from eureka_kit.workbench.findings_run import measure
 
     policy, tok = load_policy("toy", seed=0)
     run_dir = Path(work) / "rl" / arm.name.replace("/", "_") / f"seed{seed}"
@@ -182,20 +178,8 @@ def run_lab(profile: str | LabProfile = "quick", out: str | Path = "reports/mism
             if cell.get("key") == _cell_key(kind, name, seed, prof):
                 cells[(kind, name, seed)] = cell
     todo = [c for c in cells_of(prof) if c not in cells]
-    threads = max(1, (os.cpu_count() or 1) // max(1, workers))
-    bar = tqdm(total=len(cells_of(prof)), initial=len(cells), desc=f"mismatch lab ({prof.name})", ncols=100,
-               disable=not progress)
-    if todo and workers > 1:
-        with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-            futures = {pool.submit(_run_cell, *c, prof, str(out), str(work), threads): c for c in todo}
-            for fut in as_completed(futures):
-                cells[futures[fut]] = fut.result()
-                bar.update()
-    else:
-        for c in todo:
-            cells[c] = _run_cell(*c, prof, str(out), str(work), threads)
-            bar.update()
-    bar.close()
+    run_cells(_run_cell, todo, (prof, str(out), str(work)), cells, workers=workers,
+              desc=f"mismatch lab ({prof.name})", progress=progress)
     result = summarize(cells, prof)
     result["provenance"] = dict(version=__version__, elapsed_s=round(time.perf_counter() - started, 1),
                                 cells_run=len(todo), workers=workers,
@@ -212,15 +196,10 @@ def _per_seed(cells, kind: str, name: str, metric: str, seeds) -> dict[int, floa
 
 def _row(comparison: str, better: dict[int, float], worse: dict[int, float], claim: str, metric: str,
          scale: float) -> dict[str, Any]:
-    """A judged row: per-seed effect better - worse (claim-oriented), mean, 95% CI, verdict."""
+    """A judged row (`evidence.judged_row`) of the per-seed effect scale * (better - worse), seeds paired."""
     seeds = sorted(set(better) & set(worse))
-    effects = {s: scale * (better[s] - worse[s]) for s in seeds}
-    row = dict(comparison=comparison, claim=claim, metric=metric, seeds=seeds,
-               per_seed_effect=[effects[s] for s in seeds])
-    if len(seeds) < 2:
-        return {**row, "verdict": "inconclusive", "reason": "fewer than 2 paired seeds"}
-    j = evidence.judge(effects)
-    return {**row, "effect": j.effect, "ci_low": j.ci_low, "ci_high": j.ci_high, "verdict": j.verdict}
+    return evidence.judged_row(comparison, claim, metric, {s: scale * (better[s] - worse[s]) for s in seeds},
+                               reason="fewer than 2 paired seeds")
 
 
 def summarize(cells: dict[tuple[str, str, int], dict], prof: LabProfile) -> dict[str, Any]:

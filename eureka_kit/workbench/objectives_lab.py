@@ -26,18 +26,15 @@ import hashlib
 import json
 import os
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
-
-from tqdm import tqdm
 
 from eureka_kit.version import __version__
 from eureka_kit.workbench import evidence
 from eureka_kit.workbench.findings import DOSES, PRESSURE, RL_SETTINGS, Profile
 from eureka_kit.workbench.findings import PROFILES as FINDINGS_PROFILES
+from eureka_kit.workbench.findings_run import measure, run_cells
 
 ARMS = ("cpgd", "grpo", "sapo", "gmpo", "cispo", "gspo")
 REFERENCE = "cpgd"
@@ -90,7 +87,6 @@ def run_cell(arm: str, seed: int, prof: LabProfile, out: str, work: str, threads
     from eureka_kit.config import RunConfig
     from eureka_kit.engine.base_policy import load_policy
     from eureka_kit.engine.loop import train
-    from eureka_kit.workbench.findings_run import measure
 
     torch.set_num_threads(threads)
     started = time.perf_counter()
@@ -135,20 +131,8 @@ def run_lab(profile: str | LabProfile = "quick", out: str | Path = "reports/obje
             if cell.get("key") == _cell_key(arm, seed, prof) and all(Path(c).exists() for c in cell["captures"]):
                 cells[(arm, seed)] = cell
     todo = [c for c in cells_of(prof) if c not in cells]
-    threads = max(1, (os.cpu_count() or 1) // max(1, workers))
-    bar = tqdm(total=len(cells_of(prof)), initial=len(cells), desc=f"objectives lab ({prof.name})", ncols=100,
-               disable=not progress)
-    if todo and workers > 1:
-        with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-            futures = {pool.submit(run_cell, a, s, prof, str(out), str(work), threads): (a, s) for a, s in todo}
-            for fut in as_completed(futures):
-                cells[futures[fut]] = fut.result()
-                bar.update()
-    else:
-        for a, s in todo:
-            cells[(a, s)] = run_cell(a, s, prof, str(out), str(work), threads)
-            bar.update()
-    bar.close()
+    run_cells(run_cell, todo, (prof, str(out), str(work)), cells, workers=workers,
+              desc=f"objectives lab ({prof.name})", progress=progress)
     result = summarize(cells, prof)
     result["same_batch"] = same_batch_summary(cells, prof)
     result["provenance"] = dict(version=__version__, elapsed_s=round(time.perf_counter() - started, 1),
@@ -159,17 +143,6 @@ def run_lab(profile: str | LabProfile = "quick", out: str | Path = "reports/obje
     return result
 
 
-def _row(comparison: str, claim: str, metric: str, effects: dict[int, float]) -> dict[str, Any]:
-    """A judged row: per-seed claim-oriented effects, their mean, 95% CI and verdict."""
-    seeds = sorted(effects)
-    row = dict(comparison=comparison, claim=claim, metric=metric, seeds=seeds,
-               per_seed_effect=[effects[s] for s in seeds])
-    if len(seeds) < 2:
-        return {**row, "verdict": "inconclusive", "reason": "fewer than 2 seeds"}
-    j = evidence.judge({s: effects[s] for s in seeds})
-    return {**row, "effect": j.effect, "ci_low": j.ci_low, "ci_high": j.ci_high, "verdict": j.verdict}
-
-
 def summarize(cells: dict[tuple[str, int], dict], prof: LabProfile) -> dict[str, Any]:
     """objectives.json's content (less the same-batch part): per-arm per-seed values and the judged rows."""
     values = {arm: {m: {s: cells[(arm, s)][m] for s in prof.seeds if (arm, s) in cells} for m in CELL_METRICS}
@@ -178,10 +151,10 @@ def summarize(cells: dict[tuple[str, int], dict], prof: LabProfile) -> dict[str,
     judged = []
     for arm in ARMS[1:]:
         both = [s for s in prof.seeds if s in values[arm]["math_accuracy"] and s in ref["math_accuracy"]]
-        judged.append(_row(f"{arm} vs {REFERENCE}: ratio tail", f"{arm} keeps a smaller ratio tail share than CPGD",
+        judged.append(evidence.judged_row(f"{arm} vs {REFERENCE}: ratio tail", f"{arm} keeps a smaller ratio tail share than CPGD",
                            "ratio tail share, pp (CPGD minus arm)",
                            {s: 100 * (ref["ratio_tail_share"][s] - values[arm]["ratio_tail_share"][s]) for s in both}))
-        judged.append(_row(f"{arm} vs {REFERENCE}: accuracy", f"{arm} reaches a higher math test accuracy than CPGD",
+        judged.append(evidence.judged_row(f"{arm} vs {REFERENCE}: accuracy", f"{arm} reaches a higher math test accuracy than CPGD",
                            "math test accuracy, pp (arm minus CPGD)",
                            {s: 100 * (values[arm]["math_accuracy"][s] - ref["math_accuracy"][s]) for s in both}))
     return dict(profile=asdict(prof), settings=pressure_settings(), capture_sentinels=dict(prof.capture_sentinels),
