@@ -80,3 +80,16 @@ def crash_on_call(monkeypatch):
         return lambda: monkeypatch.setattr(module, name, real)
 
     return install
+
+
+@pytest.fixture
+def parity_reward(monkeypatch):
+    """Score by the parity of the completion's length: a random-init model never answers right, so this gives its
+    groups mixed rewards and nonzero advantages. Modules opt in with `pytestmark = pytest.mark.usefixtures(...)`."""
+    from eureka_kit.data import rewards
+
+    def score_batch(completions, golds, **_):
+        return [dict(accuracy=float(len(c) % 2), format=0.0, total=float(len(c) % 2), timeout=0.0)
+                for c in completions]
+
+    monkeypatch.setattr(rewards, "score_batch", score_batch)

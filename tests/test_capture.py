@@ -31,16 +31,7 @@ def problems():
     return toyworld.load("train", "math", seed=0, n_per_level=4)
 
 
-@pytest.fixture(autouse=True)
-def parity_reward(monkeypatch):
-    """Mixed rewards from a random-init model (as tests/test_train.py): score by the completion length's parity."""
-    from eureka_kit.data import rewards
-
-    def score_batch(completions, golds, **_):
-        return [dict(accuracy=float(len(c) % 2), format=0.0, total=float(len(c) % 2), timeout=0.0)
-                for c in completions]
-
-    monkeypatch.setattr(rewards, "score_batch", score_batch)
+pytestmark = pytest.mark.usefixtures("parity_reward")  # tests/conftest.py: mixed rewards from a random-init model
 
 
 def _train(tmp_path, problems, name, **overrides):

@@ -161,14 +161,7 @@ NULL = dict(rollout_batch_size=4, group_size=4, train_batch_size=16, micro_batch
             lr=0.0, prompt_template="none")
 
 
-@pytest.fixture(autouse=True)
-def parity_reward(monkeypatch):
-    """A random-init model never answers correctly: score by the completion length's parity so groups get mixed
-    rewards and the policy moves (as in test_train.py)."""
-    from eureka_kit.data import rewards
-
-    monkeypatch.setattr(rewards, "score_batch", lambda completions, golds, **_: [
-        dict(accuracy=float(len(c) % 2), format=0.0, total=float(len(c) % 2), timeout=0.0) for c in completions])
+pytestmark = pytest.mark.usefixtures("parity_reward")  # tests/conftest.py: mixed rewards from a random-init model
 
 
 @pytest.fixture(scope="module")

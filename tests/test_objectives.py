@@ -326,19 +326,6 @@ def problems():
     return toyworld.load("train", "math", seed=0, n_per_level=4)
 
 
-@pytest.fixture
-def parity_reward(monkeypatch):
-    """Score by the parity of the completion's length (a random-init model never answers right), so groups
-    get mixed rewards and nonzero advantages (tests/test_train.py does the same)."""
-    from eureka_kit.data import rewards
-
-    def score_batch(completions, golds, **_):
-        return [dict(accuracy=float(len(c) % 2), format=0.0, total=float(len(c) % 2), timeout=0.0)
-                for c in completions]
-
-    monkeypatch.setattr(rewards, "score_batch", score_batch)
-
-
 @pytest.mark.parametrize("preset", NEW_PRESETS)
 def test_preset_runs_two_steps_and_moves_the_policy(tmp_path, problems, parity_reward, preset):
     from eureka_kit.engine.loop import train
