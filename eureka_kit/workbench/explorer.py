@@ -16,6 +16,7 @@ surprisal -log p_old instead (its expectation is the entropy) and says so in the
 from __future__ import annotations
 
 import html
+import json
 from functools import lru_cache
 from pathlib import Path
 
@@ -501,11 +502,11 @@ class ExplorerWidget:
         self.header.value, self.tokens.value, self.tails.value, self.group.value, self.replay.value = (
             out["header"], out["tokens"], out["tails"], out["group"], out["replay"])
         self.figure = token_chart(self.run.value, self.step.value, self.sample.value)
-        self.chart.clear_output(wait=True)
-        with self.chart:  # captured into the Output widget inside a kernel
-            from IPython.display import display
-
-            display(self.figure)
+        # Set the Output widget's outputs directly: no `with output:` capture, whose message routing a headless
+        # executor (papermill's nbclient) was seen to wait on forever once in a `make report`.
+        self.chart.outputs = ({"output_type": "display_data", "metadata": {},
+                               "data": {"application/vnd.plotly.v1+json": json.loads(self.figure.to_json()),
+                                        "text/plain": self.figure.layout.title.text or "figure"}},)
 
     def _ipython_display_(self):
         from IPython.display import display
