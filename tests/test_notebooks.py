@@ -23,6 +23,7 @@ from nbfactory import write_notebook  # noqa: E402
 
 from eureka_kit.workbench import notebook_params as P  # noqa: E402
 from eureka_kit.workbench import sweep  # noqa: E402
+from eureka_kit.workbench.kernel_client import execute_notebook  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
@@ -125,8 +126,49 @@ def test_grid_parsing_and_keys():
 def test_invalid_parameter_fails_with_the_clear_message(tmp_path):
     nb = _tiny_notebook(tmp_path / "tiny.ipynb")
     with pytest.raises(pm.PapermillExecutionError, match="parameter 'x': must be a positive integer, got -2"):
-        pm.execute_notebook(str(nb), str(tmp_path / "out.ipynb"), parameters={"x": -2}, kernel_name="python3",
+        execute_notebook(str(nb), str(tmp_path / "out.ipynb"), parameters={"x": -2}, kernel_name="python3",
                             progress_bar=False)
+
+
+def test_patient_channel_outwaits_its_poll_slices_and_keeps_finite_timeouts():
+    """The unbounded wait returns a message that arrives after several poll slices; a finite wait still times out."""
+    import asyncio
+    from queue import Empty
+
+    import zmq
+    import zmq.asyncio
+    from jupyter_client.session import Session
+
+    from eureka_kit.workbench.kernel_client import PatientChannel, PatientKernelManager
+
+    async def exchange():
+        receiver = zmq.asyncio.Context().socket(zmq.PAIR)
+        port = receiver.bind_to_random_port("tcp://127.0.0.1")
+        sender = zmq.Context().socket(zmq.PAIR)
+        sender.connect(f"tcp://127.0.0.1:{port}")
+        session = Session(key=b"")
+        channel = PatientChannel(receiver, session)
+        channel.slice_s = 0.05
+        with pytest.raises(Empty):
+            await channel.get_msg(timeout=0.05)
+
+        async def reply_late():
+            await asyncio.sleep(0.4)  # eight slices
+            session.send(sender, "execute_reply", {"status": "ok"})
+
+        t0 = time.perf_counter()
+        late = asyncio.ensure_future(reply_late())
+        msg = await channel.get_msg()
+        await late
+        sender.close(linger=0)
+        receiver.close(linger=0)
+        return msg, time.perf_counter() - t0
+
+    msg, waited = asyncio.run(exchange())
+    assert msg["msg_type"] == "execute_reply" and msg["content"] == {"status": "ok"}
+    assert waited >= 0.35
+    client = PatientKernelManager().client()  # what papermill's executor talks to the kernel through
+    assert client.shell_channel_class is PatientChannel and client.iopub_channel_class is PatientChannel
 
 
 def test_sweep_writes_reports_skips_finished_and_marks_failures(tmp_path):
@@ -500,7 +542,7 @@ def test_notebook_executes_with_smallest_parameters(name, tmp_path, request):
         params["findings_dir"] = str(request.getfixturevalue("tiny_findings"))
     t0 = time.perf_counter()
     out = tmp_path / f"{name}.ipynb"
-    pm.execute_notebook(str(ROOT / "notebooks" / f"{name}.ipynb"), str(out), parameters=params, kernel_name="python3",
+    execute_notebook(str(ROOT / "notebooks" / f"{name}.ipynb"), str(out), parameters=params, kernel_name="python3",
                         progress_bar=False, cwd=str(tmp_path))
     assert not sweep.notebook_errors(out)
     FINDINGS[name](sweep.findings_text(out, max_chars=100_000), params)
@@ -516,7 +558,7 @@ def test_notebook_executes_with_smallest_parameters(name, tmp_path, request):
 ], ids=["profile", "findings_dir"])
 def test_findings_notebooks_reject_bad_parameters(name, bad, message, tmp_path):
     with pytest.raises(pm.PapermillExecutionError, match=message):
-        pm.execute_notebook(str(ROOT / "notebooks" / f"{name}.ipynb"), str(tmp_path / "out.ipynb"),
+        execute_notebook(str(ROOT / "notebooks" / f"{name}.ipynb"), str(tmp_path / "out.ipynb"),
                             parameters={**bad, "run_root": str(tmp_path / "runs")}, kernel_name="python3",
                             progress_bar=False, cwd=str(tmp_path))
 

@@ -424,13 +424,15 @@ def test_run_root_must_be_a_folder_path():
 def test_a_bad_notebook_parameter_fails_in_the_validation_cell_before_any_training(path, tmp_path):
     nbformat = pytest.importorskip("nbformat")
     pm = pytest.importorskip("papermill")
+    from eureka_kit.workbench.kernel_client import execute_notebook
+
     assert path.stem in BAD_PARAMETER, f"add a bad value for one of {path.name}'s parameters to BAD_PARAMETER"
     name, bad, allowed = BAD_PARAMETER[path.stem]
     book = nbformat.read(path, as_version=4)
     assert name in _parameter_names(book.cells[_parameters_and_validation_cells(book)[0]].source)
     out, runs = tmp_path / "out.ipynb", tmp_path / "runs"
     with pytest.raises(pm.PapermillExecutionError) as failed:  # the timeout bounds a validation that lets it through
-        pm.execute_notebook(str(path), str(out), parameters={name: bad, "run_root": str(runs)}, kernel_name="python3",
+        execute_notebook(str(path), str(out), parameters={name: bad, "run_root": str(runs)}, kernel_name="python3",
                             progress_bar=False, cwd=str(tmp_path), execution_timeout=300)
     assert failed.value.ename == "NotebookParameterError"
     assert f"parameter {name!r}: {allowed}" in failed.value.evalue and repr(bad) in failed.value.evalue

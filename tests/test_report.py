@@ -196,7 +196,8 @@ def test_suite_hands_notebooks_the_findings_folder_and_a_runs_folder_outside_the
 
     seen = []
 
-    def fake_execute_point(notebook, params, run_dir, cwd):
+    def fake_execute_point(notebook, params, run_dir, cwd, execution_timeout):
+        assert execution_timeout == suite.CELL_TIMEOUT_S
         seen.append(params)
         return {"status": "ok", "duration_s": 0.0, "errors": [], "params": params}
 

@@ -24,6 +24,9 @@ RUN_KEY = "report"
 
 FINDINGS_DIR = "{findings_dir}"  # replaced by the findings folder of this suite run
 RUNS_DIR = "{runs_dir}"  # replaced by <out>/../runs/notebooks: run directories stay out of the reports folder
+# A cell still running after this long fails its notebook (the index shows it) instead of stalling the whole job;
+# the longest suite cell takes about a minute on 2 cores.
+CELL_TIMEOUT_S = 900
 
 # Notebooks 10-13 view the findings run; the others run report-sized versions of their own defaults.
 SUITE: dict[str, dict[str, Any]] = {
@@ -86,7 +89,7 @@ def build_suite(out: str | Path = "reports", *, notebooks: list[str] | None = No
             results.append({**read_status(run_dir), "skipped": True})
             continue
         print(f"[{i}/{len(names)}] {name} {params} ...", flush=True)
-        status = execute_point(str(notebook), params, str(run_dir), cwd=str(run_dir))
+        status = execute_point(str(notebook), params, str(run_dir), cwd=str(run_dir), execution_timeout=CELL_TIMEOUT_S)
         print(f"[{i}/{len(names)}] {name}: {status['status']} in {status['duration_s']:.0f} s"
               + (f" ({'; '.join(status['errors'])[:300]})" if status["errors"] else ""), flush=True)
         results.append(status)

@@ -156,6 +156,8 @@ def execute_point(notebook: str, params: dict[str, Any], run_dir: str, *, kernel
     """
     import papermill as pm
 
+    from eureka_kit.workbench.kernel_client import execute_notebook
+
     run_dir_p = Path(run_dir)
     run_dir_p.mkdir(parents=True, exist_ok=True)
     if gpu_ids is not None:
@@ -168,8 +170,8 @@ def execute_point(notebook: str, params: dict[str, Any], run_dir: str, *, kernel
     t0 = time.perf_counter()
     error = None
     try:
-        pm.execute_notebook(str(notebook), str(run_dir_p / EXECUTED), parameters=params, kernel_name=kernel_name,
-                            progress_bar=False, cwd=cwd, execution_timeout=execution_timeout)
+        execute_notebook(notebook, run_dir_p / EXECUTED, parameters=params, kernel_name=kernel_name,
+                         progress_bar=False, cwd=cwd, execution_timeout=execution_timeout)
     except pm.PapermillExecutionError as e:
         error = f"{e.ename}: {e.evalue} (cell {e.exec_count})"
     except Exception as e:  # dead kernel, timeout, missing kernel, bad notebook: all count as failures
