@@ -38,6 +38,22 @@ def run(tmp_path):
     return str(r.path)
 
 
+def test_saved_rollouts_read_back_as_pandas_would_have_written_them(tmp_path):
+    """write_rollouts writes through pyarrow: a column per key of any row, missing keys null, same frame as
+    DataFrame.to_parquet gives back."""
+    import pandas as pd
+
+    rows = [_row(0, 0, 1.0, 1.5, [0.1, 0.0], ["a", "b"]), {**_row(1, 0, 0.0, 0.5, [0.2], ["c"]), "level": None},
+            {**_row(2, 1, 0.0, 1.5, [0.0, 0.3], ["d", "e"]), "epoch_logp": [[-1.0, -2.0], [-1.5, -2.5]]}]
+    path = RunDir(tmp_path / "run").create({"preset": "grpo"}).write_rollouts(7, rows)
+    pd.DataFrame(rows).to_parquet(tmp_path / "pandas.parquet", index=False)
+    ours, theirs = pd.read_parquet(path), pd.read_parquet(tmp_path / "pandas.parquet")
+    assert list(ours.columns) == list(theirs.columns) and "epoch_logp" in ours.columns
+    assert ours["epoch_logp"].isna().tolist() == [True, True, False] and ours["level"].isna().tolist() == [False, True, False]
+    pd.testing.assert_frame_equal(ours.drop(columns="epoch_logp"), theirs.drop(columns="epoch_logp"))
+    assert [list(map(list, v)) for v in ours["epoch_logp"].iloc[2:]] == [[[-1.0, -2.0], [-1.5, -2.5]]]
+
+
 def test_find_runs_and_steps(run, tmp_path):
     assert explorer.find_runs(tmp_path / "runs") == [run]
     assert explorer.find_runs(run) == [run]
