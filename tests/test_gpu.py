@@ -111,19 +111,6 @@ def test_policy_loss_on_cuda_equals_cpu(preset):
         assert (math.isnan(value) and math.isnan(other)) or math.isclose(other, value, rel_tol=1e-4, abs_tol=1e-6), key
 
 
-@pytest.fixture
-def parity_reward(monkeypatch):
-    """A random-init model never answers correctly (all advantages 0); score by completion-length parity
-    instead so groups get mixed rewards and the parameters move (as tests/test_train.py does)."""
-    from eureka_kit.data import rewards
-
-    def score_batch(completions, golds, **_):
-        return [dict(accuracy=float(len(c) % 2), format=0.0, total=float(len(c) % 2), timeout=0.0)
-                for c in completions]
-
-    monkeypatch.setattr(rewards, "score_batch", score_batch)
-
-
 def test_train_two_steps_on_cuda(tmp_path, parity_reward):
     from eureka_kit.config import RunConfig
     from eureka_kit.data import toyworld

@@ -130,8 +130,9 @@ def test_invalid_parameter_fails_with_the_clear_message(tmp_path):
                             progress_bar=False)
 
 
-def test_patient_channel_outwaits_its_poll_slices_and_keeps_finite_timeouts():
-    """The unbounded wait returns a message that arrives after several poll slices; a finite wait still times out."""
+def test_patient_channel_outwaits_its_poll_slices_and_keeps_finite_timeouts(monkeypatch):
+    """Unbounded and bounded waits return a message that arrives after several poll slices; a bounded wait still
+    times out when nothing comes."""
     import asyncio
     from queue import Empty
 
@@ -139,7 +140,18 @@ def test_patient_channel_outwaits_its_poll_slices_and_keeps_finite_timeouts():
     import zmq.asyncio
     from jupyter_client.session import Session
 
+    from jupyter_client.channels import AsyncZMQSocketChannel
+
     from eureka_kit.workbench.kernel_client import PatientChannel, PatientKernelManager
+
+    polls = []  # the timeout of every poll the stock channel was asked for
+    stock_get_msg = AsyncZMQSocketChannel.get_msg
+
+    async def recorded_get_msg(self, timeout=None):
+        polls.append(timeout)
+        return await stock_get_msg(self, timeout)
+
+    monkeypatch.setattr(AsyncZMQSocketChannel, "get_msg", recorded_get_msg)
 
     async def exchange():
         receiver = zmq.asyncio.Context().socket(zmq.PAIR)
@@ -156,17 +168,27 @@ def test_patient_channel_outwaits_its_poll_slices_and_keeps_finite_timeouts():
             await asyncio.sleep(0.4)  # eight slices
             session.send(sender, "execute_reply", {"status": "ok"})
 
+        received = []
+        for timeout in (None, 5.0):  # nbclient without and with a cell timeout
+            t0 = time.perf_counter()
+            late = asyncio.ensure_future(reply_late())
+            msg = await channel.get_msg(timeout=timeout)
+            await late
+            received.append((msg, time.perf_counter() - t0))
         t0 = time.perf_counter()
-        late = asyncio.ensure_future(reply_late())
-        msg = await channel.get_msg()
-        await late
+        with pytest.raises(Empty):
+            await channel.get_msg(timeout=0.3)
+        received.append((None, time.perf_counter() - t0))
         sender.close(linger=0)
         receiver.close(linger=0)
-        return msg, time.perf_counter() - t0
+        return received
 
-    msg, waited = asyncio.run(exchange())
-    assert msg["msg_type"] == "execute_reply" and msg["content"] == {"status": "ok"}
-    assert waited >= 0.35
+    *replies, (_, gave_up_after) = asyncio.run(exchange())
+    for msg, waited in replies:
+        assert msg["msg_type"] == "execute_reply" and msg["content"] == {"status": "ok"}
+        assert waited >= 0.35
+    assert 0.29 <= gave_up_after < 1.0
+    assert len(polls) >= 3 * 6 and None not in polls and max(polls) <= 0.05  # every wait sliced, bounded or not
     client = PatientKernelManager().client()  # what papermill's executor talks to the kernel through
     assert client.shell_channel_class is PatientChannel and client.iopub_channel_class is PatientChannel
 

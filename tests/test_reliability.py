@@ -38,14 +38,6 @@ def _parity(completions, golds, **_):
     return [dict(accuracy=float(len(c) % 2), format=0.0, total=float(len(c) % 2), timeout=0.0) for c in completions]
 
 
-@pytest.fixture
-def parity_reward(monkeypatch):
-    """A random-init model never answers correctly: reward the length parity so groups have mixed rewards."""
-    from eureka_kit.data import rewards
-
-    monkeypatch.setattr(rewards, "score_batch", _parity)
-
-
 @pytest.fixture(scope="module")
 def problems():
     return toyworld.load("train", "math", seed=0, n_per_level=4)

@@ -131,15 +131,6 @@ def test_warnings_jsonl_round_trip_and_resume_truncation(tmp_path):
     assert RunDir(tmp_path / "empty").warnings().empty
 
 
-@pytest.fixture
-def parity_reward(monkeypatch):
-    """A random-init model never answers correctly: reward the length parity so groups have mixed rewards."""
-    from eureka_kit.data import rewards
-
-    monkeypatch.setattr(rewards, "score_batch", lambda completions, golds, **_: [
-        dict(accuracy=float(len(c) % 2), format=0.0, total=float(len(c) % 2), timeout=0.0) for c in completions])
-
-
 @pytest.fixture(scope="module")
 def problems():
     return toyworld.load("train", "math", seed=0, n_per_level=4)

@@ -27,16 +27,7 @@ def problems():
     return toyworld.load("train", "math", seed=0, n_per_level=4)
 
 
-@pytest.fixture(autouse=True)
-def parity_reward(monkeypatch):
-    """Reward the parity of the completion's length, so a random-init model gets mixed groups (as test_train)."""
-    from eureka_kit.data import rewards
-
-    def score_batch(completions, golds, **_):
-        return [dict(accuracy=float(len(c) % 2), format=0.0, total=float(len(c) % 2), timeout=0.0)
-                for c in completions]
-
-    monkeypatch.setattr(rewards, "score_batch", score_batch)
+pytestmark = pytest.mark.usefixtures("parity_reward")  # tests/conftest.py: mixed rewards from a random-init model
 
 
 def test_preset_is_mm_eurekas_recipe_and_stage_configs_resolve():

@@ -26,18 +26,7 @@ def problems():
     return toyworld.load("train", "math", seed=0, n_per_level=4)
 
 
-@pytest.fixture(autouse=True)
-def parity_reward(monkeypatch):
-    """A random-init model never answers correctly, so every advantage would be 0 and nothing would move.
-    Score by the parity of the completion's length instead: deterministic, and groups get mixed rewards.
-    (The real reward has its own tests; this one exercises the loop.)"""
-    from eureka_kit.data import rewards
-
-    def score_batch(completions, golds, **_):
-        return [dict(accuracy=float(len(c) % 2), format=0.0, total=float(len(c) % 2), timeout=0.0)
-                for c in completions]
-
-    monkeypatch.setattr(rewards, "score_batch", score_batch)
+pytestmark = pytest.mark.usefixtures("parity_reward")  # tests/conftest.py: mixed rewards from a random-init model
 
 
 def _params(model):
