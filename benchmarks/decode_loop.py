@@ -1,6 +1,6 @@
 """The lean CPU sampling loop with and without one of its speedups, side by side in one process.
 
-`--without attention`: transformers' sdpa instead of `rollout.grouped_decode_attention`;
+`--without attention`: transformers' sdpa instead of `rollout.cpu_attention_forward`;
 `--without cache`: the growing `DynamicCache` (a `torch.cat` per token and layer) instead of `rollout.reserve_cache`;
 `--without fast_decode`: the model's own forward per token instead of `fast_decode.Qwen2Decoder.step`.
 Alternating A/B rounds of one toy-world rollout (by default 64 prompts x 8 samples, the RL-lift recipe's batch; max
@@ -43,7 +43,7 @@ def main() -> None:
     policy, processor = load_policy(cfg.model, seed=args.seed)
     problems = load_problems(cfg)
     lean_loop = rollout.sample_with_cache
-    name, disabled = {"attention": ("cpu_decode_attention", lambda policy: contextlib.nullcontext()),
+    name, disabled = {"attention": ("cpu_attention", lambda policy: contextlib.nullcontext()),
                       "cache": ("reserve_cache", lambda cache, extra: None),
                       "fast_decode": ("sample_with_cache",
                                       lambda *a, **k: lean_loop(*a, **{**k, "fast_decode": False}))}[args.without]

@@ -82,7 +82,7 @@ def _sample(model, tok, ids, attn, fast, seed=7, **kw):
 
     fast_decode.Qwen2Decoder.step = counting
     try:
-        with rollout.cpu_decode_attention(model):
+        with rollout.cpu_attention(model):
             tokens, logp = rollout.sample_with_cache(
                 model, ids, attn, K, NEW, tok.eos_token_id, tok.pad_token_id, fast_decode=fast,
                 generator=torch.Generator().manual_seed(seed), **kw)
@@ -123,7 +123,7 @@ def test_logits_are_bitwise_the_model_forward_without_padding(tok):
     model = _qwen2(tok, seed=4, tie_word_embeddings=False)
     ids = torch.randint(10, 90, (3, 11), generator=torch.Generator().manual_seed(0))
     attn = torch.ones_like(ids)
-    with torch.no_grad(), rollout.cpu_decode_attention(model):
+    with torch.no_grad(), rollout.cpu_attention(model):
         caches, firsts = zip(*[rollout.prefill_shared_prompts(model, ids, attn, 2) for _ in range(2)], strict=True)
         for cache in caches:
             rollout.reserve_cache(cache, 6)
@@ -146,7 +146,7 @@ def test_the_decoder_reads_the_live_weights(tok, prompts):
     """No weight copies: an in-place update (what the optimizer does) changes the next step's logits."""
     model = build_toy_model(seed=0)[0]
     ids, attn = prompts
-    with torch.no_grad(), rollout.cpu_decode_attention(model):
+    with torch.no_grad(), rollout.cpu_attention(model):
         cache, logits = rollout.prefill_shared_prompts(model, ids, attn, 1)
         rollout.reserve_cache(cache, 4)
         mask = torch.cat([attn, attn.new_ones(len(ids), 4)], dim=1)
@@ -177,7 +177,7 @@ def test_generate_hf_rollouts_are_identical_with_and_without_the_fast_step(probl
 def _reason(model, swap=True):
     if not swap:
         return fast_decode.unsupported_reason(model)
-    with rollout.cpu_decode_attention(model):
+    with rollout.cpu_attention(model):
         return fast_decode.unsupported_reason(model)
 
 
@@ -214,7 +214,7 @@ def test_the_fast_step_is_taken_only_where_it_is_exact(tok, prompts):
     assert "stock" in _reason(replaced)
     model = build_toy_model(seed=0)[0]  # a cache that was not reserved (a DynamicLayer per layer)
     ids, attn = prompts
-    with torch.no_grad(), rollout.cpu_decode_attention(model):
+    with torch.no_grad(), rollout.cpu_attention(model):
         cache, _ = rollout.prefill_shared_prompts(model, ids, attn, 1)
         assert "reserved" in fast_decode.unsupported_reason(model, cache.layers)
 

@@ -182,6 +182,39 @@ def test_shared_prompt_learner_forward_matches_the_full_forward(problems, monkey
         assert (shared[2][name] - grad).abs().max() <= 1e-4 * scale, name
 
 
+@pytest.mark.parametrize("share", [True, False])
+def test_learner_forward_attends_without_repeat_kv_and_matches_transformers_sdpa(problems, monkeypatch, share):
+    """The learner's forward (shared-prompt completion pass, or the plain masked one) runs `cpu_attention_forward`:
+    no repeat_kv copies, the same log-probs (bitwise) and gradients as transformers' own sdpa attention (bitwise
+    on the shared-prompt path here; to float rounding on the full sequence, whose kernel blocks differ)."""
+    import contextlib
+
+    from transformers.integrations import sdpa_attention
+
+    model, tok = build_toy_model(seed=4)
+    assert model.config.num_key_value_heads < model.config.num_attention_heads  # grouped heads: the copy to skip
+    cfg = RunConfig.from_preset("grpo", group_size=4, max_len=16, prompt_template="none")
+    ro = rollout.generate_hf(model, tok, problems[::5][:4], cfg, torch.Generator().manual_seed(0))
+    rows = torch.arange(len(ro.texts))
+    if not share:
+        monkeypatch.setattr(rollout, "can_share_prompts", lambda *a: False)
+
+    def forward_backward():
+        model.zero_grad()
+        logp = train_mod.completion_logprobs(model, ro, rows, cfg)
+        (logp * ro.completion_mask).sum().backward()
+        return logp.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    with monkeypatch.context() as patched:
+        patched.setattr(sdpa_attention, "repeat_kv", lambda *a: pytest.fail("repeat_kv called"))
+        ours = forward_backward()
+    monkeypatch.setattr(rollout, "cpu_attention", lambda policy: contextlib.nullcontext())
+    reference = forward_backward()  # the model's own sdpa attention
+    assert torch.equal(ours[0], reference[0])
+    for name, grad in reference[1].items():
+        assert (ours[1][name] - grad).abs().max() <= 1e-6 * grad.abs().max().clamp(min=1e-12), name
+
+
 def test_on_policy_step_takes_old_logp_from_the_learner_with_identical_metrics(tmp_path, problems, monkeypatch):
     """P1: with one epoch and one optimizer step per batch, skipping the no-grad pass changes no metric."""
     from eureka_kit.data import rewards
@@ -231,7 +264,7 @@ def test_small_cpu_decodes_run_on_one_thread_and_restore_the_setting(monkeypatch
 
 
 @pytest.mark.parametrize("mask_kind", ["none", "bool", "float"])
-def test_grouped_decode_attention_equals_sdpa_for_one_query(mask_kind):
+def test_cpu_attention_forward_equals_sdpa_for_one_query(mask_kind):
     """The CPU decode attention (query heads grouped by key/value head) against transformers' sdpa function,
     on GQA shapes with left padding; several queries per row go to sdpa itself."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
@@ -245,31 +278,75 @@ def test_grouped_decode_attention_equals_sdpa_for_one_query(mask_kind):
     mask = {"none": None, "bool": padded[:, None, None, :],
             "float": torch.zeros(B, 1, 1, S).masked_fill(~padded[:, None, None, :], float("-inf"))}[mask_kind]
     query = torch.randn(B, H, 1, D, generator=g)
-    ours, _ = rollout.grouped_decode_attention(module, query, key, value, mask, scaling=0.3)
+    ours, _ = rollout.cpu_attention_forward(module, query, key, value, mask, scaling=0.3)
     ref, _ = sdpa_attention_forward(module, query, key, value, mask, scaling=0.3)
     assert ours.shape == ref.shape == (B, 1, H, D)
     torch.testing.assert_close(ours, ref, atol=1e-6, rtol=1e-5)
     if mask_kind == "bool":  # a padded key changes nothing; the same key unmasked does
         key2 = key.clone()
         key2[2, :, 0] += 10.0
-        torch.testing.assert_close(rollout.grouped_decode_attention(module, query, key2, value, mask)[0],
-                                   rollout.grouped_decode_attention(module, query, key, value, mask)[0])
-        assert not torch.allclose(rollout.grouped_decode_attention(module, query, key2, value, None)[0],
-                                  rollout.grouped_decode_attention(module, query, key, value, None)[0])
+        torch.testing.assert_close(rollout.cpu_attention_forward(module, query, key2, value, mask)[0],
+                                   rollout.cpu_attention_forward(module, query, key, value, mask)[0])
+        assert not torch.allclose(rollout.cpu_attention_forward(module, query, key2, value, None)[0],
+                                  rollout.cpu_attention_forward(module, query, key, value, None)[0])
     prefill = torch.randn(B, H, S, D, generator=g)
-    assert torch.equal(rollout.grouped_decode_attention(module, prefill, key, value, None)[0],
+    assert torch.equal(rollout.cpu_attention_forward(module, prefill, key, value, None)[0],
                        sdpa_attention_forward(module, prefill, key, value, None)[0])
 
 
-def test_cpu_decode_attention_swaps_the_model_and_restores_sdpa():
+@pytest.mark.parametrize("kv_heads", [1, 2, 4])
+@pytest.mark.parametrize("mask_kind", ["bool", "float"])
+def test_cpu_attention_forward_several_queries_skips_repeat_kv_and_matches_sdpa(monkeypatch, kv_heads, mask_kind):
+    """Several queries with a mask (the learner's completion pass over a cached prompt): sdpa with enable_gqa on the
+    key/value heads as they are gives transformers' repeat_kv + sdpa outputs bitwise and the same gradients, and
+    never calls repeat_kv."""
+    from transformers.integrations import sdpa_attention
+
+    g = torch.Generator().manual_seed(1)
+    B, H, Q, S, D = 3, 4, 5, 11, 8
+    module = torch.nn.Module()
+    module.num_key_value_groups, module.is_causal = H // kv_heads, True
+    query = torch.randn(B, H, Q, D, generator=g)
+    key, value = torch.randn(B, kv_heads, S, D, generator=g), torch.randn(B, kv_heads, S, D, generator=g)
+    starts = torch.tensor([0, 2, 4])  # left padding per row; query i sits at key column S - Q + i
+    allowed = (torch.arange(S)[None, None, :] >= starts[:, None, None]) & \
+        (torch.arange(S)[None, None, :] <= (S - Q + torch.arange(Q))[None, :, None])
+    mask = allowed[:, None] if mask_kind == "bool" else \
+        torch.zeros(B, 1, Q, S).masked_fill(~allowed[:, None], float("-inf"))
+    grad_out = torch.randn(B, Q, H, D, generator=g)
+
+    def run(attention):
+        leaves = [t.clone().requires_grad_() for t in (query, key, value)]
+        out, _ = attention(module, *leaves, mask, scaling=0.3)
+        (out * grad_out).sum().backward()
+        return out.detach(), [t.grad for t in leaves]
+
+    ref_out, ref_grads = run(sdpa_attention.sdpa_attention_forward)
+    monkeypatch.setattr(sdpa_attention, "repeat_kv", lambda *a: pytest.fail("repeat_kv called"))
+    out, grads = run(rollout.cpu_attention_forward)
+    assert out.shape == (B, Q, H, D) and out.is_contiguous()
+    assert torch.equal(out, ref_out)
+    for ours, ref in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(ours, ref, atol=1e-6, rtol=1e-5)
+    # a padded key is ignored, an attended one is not
+    key2 = key.clone()
+    key2[2, :, 1] += 10.0
+    torch.testing.assert_close(rollout.cpu_attention_forward(module, query, key2, value, mask)[0],
+                               rollout.cpu_attention_forward(module, query, key, value, mask)[0])
+    key2[2, :, 6] += 10.0
+    assert not torch.allclose(rollout.cpu_attention_forward(module, query, key2, value, mask)[0],
+                              rollout.cpu_attention_forward(module, query, key, value, mask)[0])
+
+
+def test_cpu_attention_swaps_the_model_and_restores_sdpa():
     model, _ = build_toy_model(seed=0)
     assert model.config._attn_implementation == "sdpa"
-    with pytest.raises(RuntimeError), rollout.cpu_decode_attention(model):
-        assert model.config._attn_implementation == rollout.DECODE_ATTENTION
+    with pytest.raises(RuntimeError), rollout.cpu_attention(model):
+        assert model.config._attn_implementation == rollout.CPU_ATTENTION
         raise RuntimeError
     assert model.config._attn_implementation == "sdpa"
     vlm, _ = build_toy_model(multimodal=True, seed=0)  # composite: left alone
-    with rollout.cpu_decode_attention(vlm):
+    with rollout.cpu_attention(vlm):
         assert vlm.config._attn_implementation == "sdpa"
 
 

@@ -5,7 +5,7 @@ At the toy model's size (0.46M parameters, 32 rows) one transformers forward of 
 and attention interfaces. `Qwen2Decoder.step` (~1.3 ms, mostly the matmuls themselves) runs the same arithmetic as plain torch calls on the model's own weight tensors (no
 copies: an optimizer step is seen by the next rollout) and on the reserved KV buffers the prefill filled
 (`rollout.reserve_cache`), in the order and dtypes of transformers' `Qwen2ForCausalLM` forward with the decode
-attention the loop swaps in (`rollout.grouped_decode_attention`):
+attention the loop swaps in (`rollout.cpu_attention_forward`):
 
     embed -> per layer [RMSNorm (fp32) -> q/k/v -> rotary at the row's position -> append k/v to the buffers
     -> grouped attention over the cache (padding masked) -> o_proj -> + residual -> RMSNorm -> down(silu(gate) * up)
@@ -33,9 +33,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 SUPPORTED_MODEL_TYPES = frozenset({"qwen2"})
-# The attention implementation `rollout.cpu_decode_attention` registers (`rollout.grouped_decode_attention`): the one
+# The attention implementation `rollout.cpu_attention` registers (`rollout.cpu_attention_forward`): the one
 # the step reproduces. Defined here, below rollout, which imports this module.
-DECODE_ATTENTION = "eureka_kit_cpu_decode"
+CPU_ATTENTION = "eureka_kit_cpu"
 
 
 def unsupported_reason(policy, layers=None) -> str | None:
@@ -50,7 +50,7 @@ def unsupported_reason(policy, layers=None) -> str | None:
     config = policy.config
     if config.model_type not in SUPPORTED_MODEL_TYPES:
         return f"model_type {config.model_type!r}"
-    if config._attn_implementation != DECODE_ATTENTION:
+    if config._attn_implementation != CPU_ATTENTION:
         return f"attention {config._attn_implementation!r} is not the CPU decode attention"
     if next(policy.parameters()).device.type != "cpu":
         return "not on CPU"
@@ -133,7 +133,7 @@ class Qwen2Decoder:
     0/1 mask over every cache column. `step(tokens, positions, length)` writes the new keys/values at column
     `length` and returns the (B, V) fp32 next-token logits, as `policy(input_ids=tokens[:, None],
     position_ids=positions, attention_mask=padding_mask[:, :length + 1], cache=cache).logits[:, -1].float()` does
-    under `rollout.cpu_decode_attention`.
+    under `rollout.cpu_attention`.
 
     The hidden state stays (B, hidden) and every projection is one `mm`/`addmm`: `F.linear` flattens the model's
     (B, 1, hidden) input to the same call. Query heads stay (B, H, D), the layout the model's (B, H, 1, D) transposed
@@ -200,7 +200,7 @@ class Qwen2Decoder:
             q = self._rotate(_linear(h, *w.q).view(B, H, D), cos, sin_signed)  # cos (B, 1, D): over heads
             cache.key_buffer.select(2, length).copy_(self._rotate(_linear(h, *w.k).view(B, KV, D), cos, sin_signed))
             cache.value_buffer.select(2, length).copy_(_linear(h, *w.v).view(B, KV, D))
-            # rollout.grouped_decode_attention: query heads grouped by their key/value head (head = kv * G + j)
+            # rollout.cpu_attention_forward: query heads grouped by their key/value head (head = kv * G + j)
             scores = torch.bmm(q.view(B * KV, G, D), keys_t.narrow(2, 0, end)) * self.scaling  # (B * KV, G, S)
             if padded is not None:
                 scores = scores.view(B, KV, G, end).masked_fill(padded, float("-inf"))

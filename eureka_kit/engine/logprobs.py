@@ -34,7 +34,9 @@ def completion_hidden(policy, ro: Rollouts, rows: Tensor, cfg: RunConfig):
         # Left-padded prompts: positions must count real tokens only (VL models derive their own M-RoPE ids).
         kwargs["position_ids"] = (attention.cumsum(dim=1) - 1).clamp(min=0)
     P = prompt_ids.shape[1]
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16 and device.type == "cuda"):
+    # on CPU, grouped key/value heads attend without transformers' repeat_kv copies (rollout.cpu_attention)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16 and device.type == "cuda"), \
+            rollout.cpu_attention(policy):
         if rollout.can_share_prompts(policy, prompt_ids, completion_ids, cfg.group_size, ro.mm_inputs is not None):
             hidden = rollout.shared_prompt_hidden(policy, input_ids, attention, kwargs["position_ids"], P,
                                                   cfg.group_size)

@@ -9,8 +9,8 @@ samples, then one forward per token). It draws exactly the tokens transformers `
 same seed, without generate's per-token machinery, which dominates at toy-model size. Transformers
 `generate` remains the sampler on CUDA (compiled static-cache decode), for multimodal inputs and for
 generation options the loop does not implement (`uses_lean_loop`). Inside the loop an sdpa model attends through
-`grouped_decode_attention` (two batched matmuls per layer for the one new token; torch's CPU sdpa is ~4x slower
-at that shape), and a stock Qwen2 skips the modules altogether: `fast_decode.Qwen2Decoder.step` runs the same
+`cpu_attention_forward` (two batched matmuls per layer for the one new token; torch's CPU sdpa is ~4x slower
+at that shape; the learner's forward uses it too, for grouped key/value heads without copies), and a stock Qwen2 skips the modules altogether: `fast_decode.Qwen2Decoder.step` runs the same
 arithmetic as plain torch calls, bitwise the same logits (~1.9x faster per token for the toy model). The learner's
 shared-prompt forward (`shared_prompt_hidden`) lives here too.
 
@@ -79,31 +79,41 @@ def cpu_decode_threads(policy, rows: int):
             torch.set_num_threads(threads)
 
 
-DECODE_ATTENTION = fast_decode_module.DECODE_ATTENTION  # "eureka_kit_cpu_decode", what the fast step reproduces
+CPU_ATTENTION = fast_decode_module.CPU_ATTENTION  # "eureka_kit_cpu", what the fast step reproduces
 
 
-def grouped_decode_attention(module, query: Tensor, key: Tensor, value: Tensor, attention_mask: Tensor | None,
-                             dropout: float = 0.0, scaling: float | None = None, **kwargs) -> tuple[Tensor, None]:
-    """Attention for one new token per row on CPU, as two batched matmuls over the key/value heads.
+def cpu_attention_forward(module, query: Tensor, key: Tensor, value: Tensor, attention_mask: Tensor | None,
+                          dropout: float = 0.0, scaling: float | None = None, **kwargs) -> tuple[Tensor, None]:
+    """transformers' sdpa attention on CPU without its `repeat_kv` copies (registered as `CPU_ATTENTION`).
 
-    A transformers attention function (registered as `DECODE_ATTENTION`). For one query per row, torch's CPU
-    `scaled_dot_product_attention` spends ~5 ms per layer on the toy decode (512 rows x 4 heads x ~40 keys,
-    2 threads), slower than on 1 thread; `softmax(q k^T * scale + mask) v` with the query heads grouped by their
-    key/value head (no `repeat_kv` copy) computes the same in ~1.3 ms. Anything else (several queries, dropout,
-    softcap, sliding windows, an accelerator) goes to transformers' `sdpa` function unchanged.
+    * One query per row (a decode step): `softmax(q k^T * scale + mask) v` as two batched matmuls with the query
+      heads grouped by their key/value head. torch's CPU `scaled_dot_product_attention` spends ~5 ms per layer on
+      the toy decode (512 rows x 4 heads x ~40 keys, 2 threads), slower than on 1 thread; this takes ~1.3 ms.
+    * Several queries with a mask and grouped key/value heads (the learner's completion pass over a shared prompt's
+      cache, left-padded prefills): torch's sdpa with `enable_gqa=True` on the key/value heads as they are.
+      transformers copies keys and values `H / H_kv` times first (it passes `enable_gqa` only without a mask); on
+      CPU the flash kernel gives bitwise the same outputs without the copies, their backward, or gradient buffers
+      `H / H_kv` times too large (~5 ms of a toy RL step; tests/test_rollout_fast.py).
+    * Anything else (dropout, softcap, sliding windows, position bias, an accelerator) goes to transformers' `sdpa`
+      function unchanged.
 
-    Shapes: query (B, H, 1, D); key, value (B, H_kv, S, D); attention_mask None or broadcastable to (B, 1, 1, S),
-    bool (True = attend) or additive float. Returns ((B, 1, H, D), None), sdpa's layout.
+    Shapes: query (B, H, Q, D); key, value (B, H_kv, S, D); attention_mask None or broadcastable to (B, 1, Q, S),
+    bool (True = attend) or additive float. Returns ((B, Q, H, D), None), sdpa's layout.
     """
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     B, H, Q, D = query.shape
+    kv_heads = key.shape[1]
     unsupported = kwargs.get("softcap") is not None or kwargs.get("sliding_window") is not None or \
-        kwargs.get("position_bias") is not None
-    if Q != 1 or dropout or unsupported or query.device.type != "cpu":
+        kwargs.get("position_bias") is not None or bool(kwargs.get("output_attentions"))
+    if dropout or unsupported or query.device.type != "cpu" or (Q > 1 and (attention_mask is None or
+                                                                           kv_heads == H)):
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)
-    kv_heads = key.shape[1]
+    if Q > 1:  # what sdpa_attention_forward computes with a mask, minus repeat_kv
+        out = torch.nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask,
+                                                               scale=scaling, enable_gqa=kv_heads != H)
+        return out.transpose(1, 2).contiguous(), None
     grouped = query.reshape(B, kv_heads, H // kv_heads, D)  # head h = kv * group + j, as repeat_kv orders them
     scores = torch.matmul(grouped, key.transpose(-1, -2)) * (D**-0.5 if scaling is None else scaling)
     if attention_mask is not None:
@@ -114,25 +124,25 @@ def grouped_decode_attention(module, query: Tensor, key: Tensor, value: Tensor, 
 
 
 @functools.cache
-def _register_decode_attention() -> None:
+def _register_cpu_attention() -> None:
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-    AttentionInterface.register(DECODE_ATTENTION, grouped_decode_attention)
-    AttentionMaskInterface.register(DECODE_ATTENTION, sdpa_mask)  # the masks sdpa gets
+    AttentionInterface.register(CPU_ATTENTION, cpu_attention_forward)
+    AttentionMaskInterface.register(CPU_ATTENTION, sdpa_mask)  # the masks sdpa gets
 
 
 @contextlib.contextmanager
-def cpu_decode_attention(policy):
-    """Run `policy` with `grouped_decode_attention` inside the block when it is a plain (not composite) sdpa model
-    on CPU: a composite model (a VLM) may run other implementations in its sub-models, which one swap-and-restore
-    of the whole model would overwrite."""
+def cpu_attention(policy):
+    """Run `policy` with `cpu_attention_forward` inside the block (the rollout's decode, the learner's forward)
+    when it is a plain (not composite) sdpa model on CPU: a composite model (a VLM) may run other implementations
+    in its sub-models, which one swap-and-restore of the whole model would overwrite."""
     config = policy.config
     swap = next(policy.parameters()).device.type == "cpu" and config._attn_implementation == "sdpa" and \
         not getattr(config, "sub_configs", None)
     if swap:
-        _register_decode_attention()
-        policy.set_attn_implementation(DECODE_ATTENTION)
+        _register_cpu_attention()
+        policy.set_attn_implementation(CPU_ATTENTION)
     try:
         yield
     finally:
@@ -227,7 +237,7 @@ def sample_with_cache(policy, ids: Tensor, attn: Tensor, K: int, max_new_tokens:
     `generate(do_sample=False)`.
 
     Each token's forward is `fast_decode.Qwen2Decoder.step` where it reproduces the model's forward bitwise
-    (`fast_decode.unsupported_reason`: a stock Qwen2 under `cpu_decode_attention`), else the model's own forward.
+    (`fast_decode.unsupported_reason`: a stock Qwen2 under `cpu_attention`), else the model's own forward.
 
     Args:
         ids, attn: (N, P) left-padded distinct prompts; row i*K + k of the outputs samples prompt i.
@@ -301,7 +311,7 @@ def generate_hf(policy, processor, problems: list[dict], cfg, generator: torch.G
     policy.eval()
     with cpu_decode_threads(policy, len(problems) * K):
         if uses_lean_loop(policy, mm is not None):
-            with cpu_decode_attention(policy):
+            with cpu_attention(policy):
                 completion, logp = sample_with_cache(
                     policy, ids.to(device), attn.to(device), K, cfg.max_len, tok.eos_token_id, pad_id,
                     greedy=greedy, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
