@@ -138,9 +138,8 @@ def test_patient_channel_outwaits_its_poll_slices_and_keeps_finite_timeouts(monk
 
     import zmq
     import zmq.asyncio
-    from jupyter_client.session import Session
-
     from jupyter_client.channels import AsyncZMQSocketChannel
+    from jupyter_client.session import Session
 
     from eureka_kit.workbench.kernel_client import PatientChannel, PatientKernelManager
 
