@@ -15,12 +15,16 @@ from eureka_kit import models
 from eureka_kit.config import RunConfig
 from eureka_kit.engine.base_policy import load_policy
 from eureka_kit.engine.checkpoints import save_checkpoint, seed_everything
+from eureka_kit.engine.cpu_memory import keep_freed_memory
 
 
 def start_policy(cfg: RunConfig, world, device, policy=None, processor=None):
     """Seed this rank, load the policy unless given, and ready it for training on `device` (same weights on every
     rank, vision tower frozen and gradient checkpointing on when the config asks). Returns (generator, policy,
-    processor): each rank samples from its own generator, while the problem stream uses `cfg.seed`."""
+    processor): each rank samples from its own generator, while the problem stream uses `cfg.seed`. On CPU, glibc
+    keeps the memory freed between steps (`cpu_memory.keep_freed_memory`)."""
+    if device.type == "cpu":
+        keep_freed_memory()
     gen = seed_everything(cfg.seed + world.rank)
     if policy is None:
         policy, processor = load_policy(cfg.model, trust_remote_code=cfg.trust_remote_code, seed=cfg.seed)
