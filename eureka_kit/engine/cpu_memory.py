@@ -2,10 +2,11 @@
 
 A toy RL step on CPU allocates and frees tens of MB of activations and gradients. With glibc's defaults the heap's
 top is handed back to the kernel whenever more than the trim threshold is free (twice the largest mmapped block
-freed so far, a few MB here), and blocks above the mmap threshold are mapped afresh, so every step touches new
-pages again: 3,000-6,000 page faults per toy step at ~2.4 us each on a KVM guest, and -7 ms of a ~130 ms step once
-they are gone (benchmarks/RESULTS.md). PyTorch's CPU tuning advice is to preload jemalloc or tcmalloc for the same
-reason; `keep_freed_memory` is the in-process equivalent with the allocator already loaded.
+freed so far, a few MB here), and blocks above the mmap threshold are mapped afresh, so every step touches new pages
+again: 3,000-6,000 page faults per toy step on a 2-core KVM guest, 3-5 with these settings; the step's update ran
+~4 ms (~8%) faster with this and the learner's copy-free attention together (benchmarks/RESULTS.md). PyTorch's CPU
+tuning advice is to preload jemalloc or tcmalloc for the same reason; `keep_freed_memory` is the in-process
+equivalent with the allocator already loaded.
 
 The cost is memory the process keeps: up to `TRIM_BYTES` of free heap stays mapped (never more than the step's own
 peak). Blocks above `MMAP_BYTES` are still mapped and unmapped per allocation, as before. Set
