@@ -1,19 +1,18 @@
 #!/usr/bin/env python3
-"""GPU benchmark of eureka_kit on a random-init Qwen2-0.5B-shaped model (issue 6, item 4).
+"""GPU benchmark of eureka_kit on a random-init Qwen2-0.5B-shaped model.
 
 Sections (each in its own child process with a wall-clock cap; a crash, OOM or timeout in one
 section is recorded and the next one still runs; results are written after every measurement):
 
   generation  transformers `generate` (dynamic cache) vs `cache_implementation="static"` (first call
               includes torch.compile, reported separately from the second), and eureka_kit's
-              `rollout.generate_hf` as it is now, on the same 256 prompts x 256 new tokens (forced with
-              min_new_tokens for the two raw `generate` runs), bf16 weights. tokens/s = B * new tokens / s.
-              Then generate_hf again with cache_implementation="static" injected into `policy.generate`
-              (the proposed package patch, measured without editing the package).
+              `rollout.generate_hf` (static cache on CUDA, behaviour log-probs recorded every step), on the
+              same 256 prompts x 256 new tokens (forced with min_new_tokens for the raw `generate` runs),
+              bf16 weights. tokens/s = B * new tokens / s.
   learner     one optimizer step on 32 x 1024 tokens: fp32 master weights, bf16 autocast, gradient
               checkpointing, fused AdamW, loss = losses.policy_loss(preset cpgd). Variants:
-                eureka          train.completion_logprobs (backbone -> ops.token_logprobs_from_hidden)
-                eureka_bf16head same, hidden and head weight cast to bf16 before the fused head (proposed patch)
+                eureka          engine.logprobs.completion_logprobs (backbone -> bf16 fused head,
+                                ops.token_logprobs_from_hidden)
                 naive           model(...).logits -> fp32 log_softmax -> gather
                 eureka_tf32     as `eureka`, with TF32 matmuls allowed (only if time is left)
               MFU = 6*N*tokens_per_s / peak, peak measured with an 8192^3 bf16 matmul; also
@@ -24,8 +23,8 @@ section is recorded and the next one still runs; results are written after every
               256 max new tokens, one optimizer step per RL step, 2 steps. train() has no min-length knob:
               lengths are natural (a random-init model with a 151,936-token vocabulary almost never emits
               EOS, so every rollout runs to max_len). The final checkpoint write is stubbed out.
-  rl_trl      TRL GRPOTrainer (no vLLM) on the same model/prompts/reward (rewards.make_reward_fn), FEASIBILITY
-              §3 config adapted; 2 optimizer steps; skipped with a reason if trl/datasets do not import.
+  rl_trl      TRL GRPOTrainer (no vLLM) on the same model/prompts/reward (data.rewards.make_reward_fn), the
+              same batch shape, no vLLM, bf16; 2 optimizer steps; skipped with a reason if trl/datasets do not import.
 
 Per-step seconds for both RL sections are wall-clock deltas between the ends of consecutive steps (the
 first from the start of train()/trainer.train()); the package's own perf/step_s and TRL's step_time
@@ -255,34 +254,10 @@ def section_generation(rec: Recorder, sz: dict, args) -> None:
         steps = ro.completion_ids.shape[1]
         return {"seconds": dt, "decode_steps": steps, "tokens_per_s": B * steps / dt,
                 "valid_tokens_per_s": float(ro.completion_mask.sum()) / dt,
-                "mean_len": float(ro.lengths.float().mean()), "note": "as it is now: dynamic cache, output_scores=True, no min length"}
+                "mean_len": float(ro.lengths.float().mean()),
+                "note": "the package rollout: static cache on CUDA, behaviour log-probs recorded per step, no min length"}
 
-    try:
-        import inspect
-        rec.set("generate_hf_source_mentions_static_cache", "cache_implementation" in inspect.getsource(rollout.generate_hf))
-    except (OSError, TypeError):
-        pass
     attempt(rec, "eureka_generate_hf", hf, S)
-
-    def hf_static():
-        # The proposed rollout patch, measured without editing the package: the same generate_hf call with
-        # cache_implementation="static" injected into policy.generate (warm: shapes match the calls above).
-        def generate_static(*a, **kw):
-            kw["cache_implementation"] = "static"  # override, whether or not generate_hf passes one
-            return type(model).generate(model, *a, **kw)
-
-        model.generate = generate_static
-        try:
-            r = hf()
-        finally:
-            del model.generate
-        r["note"] = "generate_hf with cache_implementation='static' injected (proposed patch; compiled graph warm)"
-        return r
-
-    if time.monotonic() < deadline - 20:
-        attempt(rec, "eureka_generate_hf_static", hf_static, S)
-    else:
-        rec.set("eureka_generate_hf_static", {"skipped": "not enough time left in the section"})
 
     def tps(key):
         r = rec.data.get(key) or {}
@@ -291,9 +266,7 @@ def section_generation(rec: Recorder, sz: dict, args) -> None:
     ratios = {}
     for name, (a, b) in {"static_over_dynamic": ("static_second_call", "dynamic_default"),
                          "generate_hf_over_dynamic": ("eureka_generate_hf", "dynamic_default"),
-                         "static_over_generate_hf": ("static_second_call", "eureka_generate_hf"),
-                         "generate_hf_static_over_dynamic": ("eureka_generate_hf_static", "dynamic_default"),
-                         "generate_hf_static_over_generate_hf": ("eureka_generate_hf_static", "eureka_generate_hf")}.items():
+                         "static_over_generate_hf": ("static_second_call", "eureka_generate_hf")}.items():
         if tps(a) and tps(b):
             ratios[name] = tps(a) / tps(b)
     rec.set("ratios", ratios)
@@ -358,17 +331,6 @@ def section_learner(rec: Recorder, sz: dict, args) -> None:
     def logp_eureka():
         return completion_logprobs(model, ro, rows, cfg)
 
-    def logp_bf16head():
-        # The proposed package patch (report): run the fused head in bf16 (under autocast the hidden state
-        # is fp32, so the backward's recomputed head matmuls would otherwise run in full fp32).
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cuda):
-            hidden = model.model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=False).last_hidden_state
-        hidden = hidden[:, :-1]
-        w = model.get_output_embeddings().weight
-        if cuda:
-            hidden, w = hidden.to(torch.bfloat16), w.to(torch.bfloat16)
-        return ops.token_logprobs_from_hidden(hidden, w, ids[:, 1:], chunk_size=sz["chunk"], temperature=1.0)
-
     def logp_naive():
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cuda):
             logits = model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=False).logits
@@ -413,7 +375,6 @@ def section_learner(rec: Recorder, sz: dict, args) -> None:
         return run
 
     attempt(rec, "eureka", variant(logp_eureka), S)
-    attempt(rec, "eureka_bf16head", variant(logp_bf16head), S)
     attempt(rec, "naive", variant(logp_naive), S)
     if time.monotonic() < deadline - 10:
         attempt(rec, "eureka_tf32", variant(logp_eureka, tf32=True), S)
@@ -429,8 +390,6 @@ def section_learner(rec: Recorder, sz: dict, args) -> None:
         cmp["eureka_time_over_naive"] = get("eureka", "step_s_median") / get("naive", "step_s_median")
     if get("naive", "peak_above_base_gb") and get("eureka", "peak_above_base_gb"):
         cmp["naive_peak_over_eureka"] = get("naive", "peak_above_base_gb") / get("eureka", "peak_above_base_gb")
-    if get("eureka_bf16head", "step_s_median") and get("eureka", "step_s_median"):
-        cmp["bf16head_speedup"] = get("eureka", "step_s_median") / get("eureka_bf16head", "step_s_median")
     rec.set("comparison", cmp)
 
 
@@ -681,8 +640,7 @@ def summarize(results: dict) -> tuple[list[tuple[str, str, str]], dict]:
     """Table rows (section, measurement, value) and the headline numbers."""
     rows, head = [], {}
     g = results.get("generation", {})
-    for k in ("static_first_call", "static_second_call", "dynamic_default", "eureka_generate_hf",
-              "eureka_generate_hf_static"):
+    for k in ("static_first_call", "static_second_call", "dynamic_default", "eureka_generate_hf"):
         r = g.get(k) or {}
         if "skipped" in r:
             rows.append(("generation", k, "skipped: " + r["skipped"]))
@@ -697,7 +655,7 @@ def summarize(results: dict) -> tuple[list[tuple[str, str, str]], dict]:
     pk = lr.get("matmul_peak") or {}
     if pk.get("tflops"):
         rows.append(("learner", "matmul_peak", f"{pk['tflops']:.0f} TFLOP/s ({pk.get('dtype')}, n={pk.get('n')})"))
-    for k in ("eureka", "eureka_bf16head", "naive", "eureka_tf32"):
+    for k in ("eureka", "naive", "eureka_tf32"):
         r = lr.get(k) or {}
         if "error" in r:
             rows.append(("learner", k, ("OOM " if r.get("oom") else "FAILED ") + r["error"][:60]))

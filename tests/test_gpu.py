@@ -1,7 +1,7 @@
 """CUDA checks (run by benchmarks/gpu_check.sh on a GPU machine; skipped cleanly without CUDA).
 
 * chunked log-probs (from logits and fused from hidden states) equal the naive full-vocab path on CUDA,
-  values and gradients, in fp32 and bf16;
+  values and gradients, in fp32 and bf16; the bf16 weight gradient accumulates in fp32 inside cuBLAS;
 * `losses.policy_loss` on CUDA tensors equals the CPU result (loss, gradient, logged stats);
 * `train()` runs 2 RL steps on CUDA (random-init toy model, bf16 autocast, gradient checkpointing) and
   leaves finite metrics and changed parameters.
@@ -80,6 +80,37 @@ def test_fused_logprobs_from_hidden_match_naive_on_cuda(dtype):
     assert h1.grad.dtype == dtype and w1.grad.dtype == dtype
     assert _rel(h1.grad, h2.grad) < tol["grad_rel"]
     assert _rel(w1.grad, w2.grad) < tol["grad_rel"]
+
+
+def test_weight_grad_accumulates_in_fp32_on_cuda():
+    # bf16 dz^T h added into an fp32 buffer by cuBLAS itself (addmm with out_dtype, out aliasing the input):
+    # equals the fp64 product of the same bf16 values to fp32 accumulation error, and a second call adds.
+    from eureka_kit.algos.ops import _accumulate_weight_grad
+
+    g = torch.Generator(device=CUDA).manual_seed(3)
+    dz = torch.randn(512, V, generator=g, device=CUDA).bfloat16()
+    h = torch.randn(512, H, generator=g, device=CUDA).bfloat16()
+    exact = dz.double().t() @ h.double()
+    acc = torch.zeros(V, H, device=CUDA)
+    _accumulate_weight_grad(acc, dz, h)
+    assert acc.dtype == torch.float32 and _rel(acc, exact) < 1e-5
+    _accumulate_weight_grad(acc, dz, h)
+    assert _rel(acc, 2 * exact) < 1e-5
+
+
+def test_fused_logprobs_bf16_at_temperature_one_match_fp64_on_cuda():
+    # T = 1 and no entropy: the path the learner takes (softmax straight from bf16 logits, dz written in bf16).
+    from eureka_kit.algos.ops import naive_token_logprobs, token_logprobs_from_hidden
+
+    _, hidden, weight, ids, up = _inputs(torch.bfloat16, seed=2)
+    h1, w1 = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
+    h2, w2 = hidden.double().requires_grad_(), weight.double().requires_grad_()
+    lp = token_logprobs_from_hidden(h1, w1, ids, chunk_size=CHUNK)
+    ref = naive_token_logprobs(h2 @ w2.t(), ids)
+    torch.testing.assert_close(lp.double(), ref, atol=5e-2, rtol=2e-2)  # logits rounded to bf16 on our side
+    (lp * up).sum().backward()
+    (ref * up.double()).sum().backward()
+    assert _rel(h1.grad, h2.grad) < 3e-2 and _rel(w1.grad, w2.grad) < 3e-2
 
 
 @pytest.mark.parametrize("preset", ["cpgd", "grpo", "cispo", "dr_grpo"])

@@ -102,8 +102,9 @@ def masked_quantiles(x: Tensor, mask: Tensor, qs: Sequence[float] | Tensor) -> T
 
 
 # ---------------------------------------------------------------------------------------------
-# Chunked selective log-softmax. Shared per-chunk math on `x` = logits / temperature, already in
-# the compute dtype, shape (c, V) for a chunk of c rows.
+# Chunked selective log-softmax. Each chunk is (c, V) logits `z` in the caller's dtype; the softmax runs in the
+# compute dtype through torch's fused (log_)softmax kernels, which read `z` once and write one (c, V) result, so a
+# chunk costs one pass in forward and two in backward instead of one per elementwise op (memory-bound at large V).
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -111,33 +112,42 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32)
 
 
-def _chunk_forward(x: Tensor, ids: Tensor, want_entropy: bool) -> tuple[Tensor, Tensor, Tensor | None]:
-    """(c, V) scaled logits, (c,) ids -> logp (c,), lse (c,), entropy (c,) or None."""
-    lse = torch.logsumexp(x, dim=-1)
-    logp = x.gather(-1, ids[:, None]).squeeze(-1) - lse
-    ent = None
-    if want_entropy:
-        # -sum p log p directly: the shorter `lse - sum p x` cancels badly when H << lse.
-        logq = x - lse[:, None]
-        ent = -logq.exp().mul_(logq).sum(-1)
-    return logp, lse, ent
+def _scaled(z: Tensor, temperature: float, cdt: torch.dtype) -> Tensor:
+    # z / T in the compute dtype, never in place (z may be the caller's logits); T = 1 skips the copy, since the
+    # softmax kernels upcast their input themselves.
+    return z if temperature == 1.0 else z.to(cdt) / temperature
 
 
-def _chunk_grad(x: Tensor, ids: Tensor, lse: Tensor, ent: Tensor | None, g_logp: Tensor,
-                g_ent: Tensor | None, inv_t: float) -> Tensor:
-    """Gradient w.r.t. the *unscaled* logits of a chunk, (c, V), overwriting `x`.
+def _chunk_forward(z: Tensor, ids: Tensor, temperature: float, want_entropy: bool) -> tuple[Tensor, Tensor | None]:
+    """(c, V) logits, (c,) ids -> logp (c,) and entropy (c,) or None, of softmax(z / T) in the compute dtype."""
+    cdt = _compute_dtype(z.dtype)
+    logq = torch.log_softmax(_scaled(z, temperature, cdt), dim=-1, dtype=cdt)
+    logp = logq.gather(-1, ids[:, None]).squeeze(-1)
+    # -sum p log p directly: the shorter `lse - sum p x` cancels badly when H << lse.
+    ent = -logq.exp().mul_(logq).sum(-1) if want_entropy else None
+    return logp, ent
+
+
+def _chunk_grad(z: Tensor, ids: Tensor, temperature: float, g_logp: Tensor, g_ent: Tensor | None,
+                ent: Tensor | None, out_dtype: torch.dtype) -> Tensor:
+    """Gradient w.r.t. the chunk's *unscaled* logits z, (c, V) in `out_dtype`; the softmax is recomputed.
 
     d logp_i / d x_v = onehot_v - p_v  and  d H / d x_v = -p_v (log p_v + H), then d x / d z = 1/T.
     """
-    logp_all = x.sub_(lse[:, None])  # (c, V) log-softmax, in place
-    p = logp_all.exp()
-    if g_ent is not None:
-        dz = logp_all.add_(ent[:, None]).mul_(p).mul_(-g_ent[:, None])
-        dz.sub_(p.mul_(g_logp[:, None]))
-    else:
-        dz = p.mul_(-g_logp[:, None])
+    cdt = _compute_dtype(z.dtype)
+    x = _scaled(z, temperature, cdt)
+    inv_t = 1.0 / temperature
+    if g_ent is None:
+        # (p - onehot) * (-g / T): softmax, a (c,) scatter, and one multiply that writes out_dtype directly.
+        p = torch.softmax(x, dim=-1, dtype=cdt)
+        p.scatter_add_(1, ids[:, None], torch.full_like(g_logp[:, None], -1.0))
+        return torch.mul(p, g_logp[:, None].mul(-inv_t), out=torch.empty(p.shape, dtype=out_dtype, device=p.device))
+    logq = torch.log_softmax(x, dim=-1, dtype=cdt)
+    p = logq.exp()
+    dz = logq.add_(ent[:, None]).mul_(p).mul_(-g_ent[:, None])
+    dz.sub_(p.mul_(g_logp[:, None]))
     dz.scatter_add_(1, ids[:, None], g_logp[:, None])
-    return dz.mul_(inv_t)
+    return dz.mul_(inv_t).to(out_dtype)
 
 
 def _grads_in(g_logp: Tensor | None, g_ent: Tensor | None, n: int, like: Tensor) -> tuple[Tensor, Tensor | None]:
@@ -148,10 +158,31 @@ def _grads_in(g_logp: Tensor | None, g_ent: Tensor | None, n: int, like: Tensor)
     return g_logp, (None if g_ent is None else g_ent.reshape(-1).to(like.dtype))
 
 
-def _empty_stats(n: int, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
-    # logp, lse, entropy: (N,) each; entropy stays 0 unless asked for.
-    return (torch.empty(n, dtype=dtype, device=device), torch.empty(n, dtype=dtype, device=device),
-            torch.zeros(n, dtype=dtype, device=device))
+def _empty_stats(n: int, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
+    # logp and entropy: (N,) each; entropy stays 0 unless asked for.
+    return torch.empty(n, dtype=dtype, device=device), torch.zeros(n, dtype=dtype, device=device)
+
+
+def _chunked_forward(flat_ids: Tensor, n: int, chunk_size: int, logits_of, temperature: float, want_entropy: bool,
+                     cdt: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
+    logp, ent = _empty_stats(n, cdt, device)
+    for s in range(0, n, chunk_size):
+        lp, en = _chunk_forward(logits_of(s, s + chunk_size), flat_ids[s:s + chunk_size], temperature, want_entropy)
+        logp[s:s + chunk_size] = lp
+        if en is not None:
+            ent[s:s + chunk_size] = en
+    return logp, ent
+
+
+def _accumulate_weight_grad(grad_w: Tensor, dz: Tensor, h: Tensor) -> None:
+    """grad_w (fp32) += dz^T @ h. For bf16/fp16 on CUDA the matmul accumulates straight into the fp32 buffer
+    (cuBLAS with an fp32 C, no (V, H) temporaries per chunk); elsewhere through one temporary."""
+    if grad_w.is_cuda and dz.dtype in (torch.bfloat16, torch.float16) and grad_w.dtype == torch.float32:
+        torch.addmm(grad_w, dz.t(), h, out_dtype=torch.float32, out=grad_w)
+    elif dz.dtype == grad_w.dtype:
+        grad_w.addmm_(dz.t(), h)
+    else:
+        grad_w += (dz.t() @ h).to(grad_w.dtype)
 
 
 class _LogitsLogp(torch.autograd.Function):
@@ -162,33 +193,25 @@ class _LogitsLogp(torch.autograd.Function):
         ctx.set_materialize_grads(False)
         V = logits.shape[-1]
         flat, flat_ids = logits.reshape(-1, V), ids.reshape(-1)  # a view when logits is contiguous
-        n, cdt = flat.shape[0], _compute_dtype(logits.dtype)
-        logp, lse, ent = _empty_stats(n, cdt, logits.device)
-        for s in range(0, n, chunk_size):
-            # (c, V) fp32 copy, scaled in place: the one big buffer of the forward.
-            x = flat[s:s + chunk_size].to(cdt, copy=True).div_(temperature)
-            lp, ls, en = _chunk_forward(x, flat_ids[s:s + chunk_size], want_entropy)
-            logp[s:s + chunk_size], lse[s:s + chunk_size] = lp, ls
-            if en is not None:
-                ent[s:s + chunk_size] = en
-        ctx.save_for_backward(logits, ids, lse, ent)
+        logp, ent = _chunked_forward(flat_ids, flat.shape[0], chunk_size, lambda a, b: flat[a:b], temperature,
+                                     want_entropy, _compute_dtype(logits.dtype), logits.device)
+        ctx.save_for_backward(logits, ids, ent)
         ctx.chunk_size, ctx.temperature = chunk_size, temperature
         return logp.view(ids.shape), ent.view(ids.shape)
 
     @staticmethod
     def backward(ctx, g_logp, g_ent):
-        logits, ids, lse, ent = ctx.saved_tensors
+        logits, ids, ent = ctx.saved_tensors
         if not ctx.needs_input_grad[0] or (g_logp is None and g_ent is None):
             return None, None, None, None, None
         V, c = logits.shape[-1], ctx.chunk_size
         flat, flat_ids = logits.reshape(-1, V), ids.reshape(-1)
-        g_logp, g_ent = _grads_in(g_logp, g_ent, flat.shape[0], lse)
+        g_logp, g_ent = _grads_in(g_logp, g_ent, flat.shape[0], ent)
         grad = torch.empty_like(flat, memory_format=torch.contiguous_format)  # logits' dtype
         for s in range(0, flat.shape[0], c):
-            x = flat[s:s + c].to(lse.dtype, copy=True).div_(ctx.temperature)  # _chunk_grad overwrites it
-            grad[s:s + c] = _chunk_grad(x, flat_ids[s:s + c], lse[s:s + c],
-                                        None if g_ent is None else ent[s:s + c], g_logp[s:s + c],
-                                        None if g_ent is None else g_ent[s:s + c], 1.0 / ctx.temperature)
+            grad[s:s + c] = _chunk_grad(flat[s:s + c], flat_ids[s:s + c], ctx.temperature, g_logp[s:s + c],
+                                        None if g_ent is None else g_ent[s:s + c],
+                                        None if g_ent is None else ent[s:s + c], grad.dtype)
         return grad.view(logits.shape), None, None, None, None
 
 
@@ -199,29 +222,25 @@ class _HiddenLogp(torch.autograd.Function):
     def forward(ctx, hidden, weight, bias, ids, chunk_size, temperature, want_entropy):
         ctx.set_materialize_grads(False)
         flat, flat_ids = hidden.reshape(-1, hidden.shape[-1]), ids.reshape(-1)
-        n, cdt = flat.shape[0], _compute_dtype(hidden.dtype)
-        logp, lse, ent = _empty_stats(n, cdt, hidden.device)
-        for s in range(0, n, chunk_size):
-            z = torch.nn.functional.linear(flat[s:s + chunk_size], weight, bias)  # (c, V), input dtype
-            # z is fresh, so scaling its fp32 version in place never touches caller memory.
-            x = z.to(cdt).div_(temperature)
-            lp, ls, en = _chunk_forward(x, flat_ids[s:s + chunk_size], want_entropy)
-            logp[s:s + chunk_size], lse[s:s + chunk_size] = lp, ls
-            if en is not None:
-                ent[s:s + chunk_size] = en
-        ctx.save_for_backward(hidden, weight, bias, ids, lse, ent)
+
+        def logits_of(a: int, b: int) -> Tensor:  # (c, V) in the input dtype, fresh
+            return torch.nn.functional.linear(flat[a:b], weight, bias)
+
+        logp, ent = _chunked_forward(flat_ids, flat.shape[0], chunk_size, logits_of, temperature, want_entropy,
+                                     _compute_dtype(hidden.dtype), hidden.device)
+        ctx.save_for_backward(hidden, weight, bias, ids, ent)
         ctx.chunk_size, ctx.temperature = chunk_size, temperature
         return logp.view(ids.shape), ent.view(ids.shape)
 
     @staticmethod
     def backward(ctx, g_logp, g_ent):
-        hidden, weight, bias, ids, lse, ent = ctx.saved_tensors
+        hidden, weight, bias, ids, ent = ctx.saved_tensors
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
         if g_logp is None and g_ent is None:
             return (None,) * 7
         c, H = ctx.chunk_size, hidden.shape[-1]
         flat, flat_ids = hidden.reshape(-1, H), ids.reshape(-1)
-        g_logp, g_ent = _grads_in(g_logp, g_ent, flat.shape[0], lse)
+        g_logp, g_ent = _grads_in(g_logp, g_ent, flat.shape[0], ent)
         # Weight/bias grads are sums over all chunks: accumulate in fp32 so bf16 rounding does not
         # compound across ~N/c additions; cast once at the end.
         acc = _compute_dtype(weight.dtype)
@@ -231,16 +250,17 @@ class _HiddenLogp(torch.autograd.Function):
         for s in range(0, flat.shape[0], c):
             h = flat[s:s + c]
             z = torch.nn.functional.linear(h, weight, bias)  # recompute instead of storing (N, V)
-            dz = _chunk_grad(z.to(lse.dtype).div_(ctx.temperature), flat_ids[s:s + c], lse[s:s + c],
-                             None if g_ent is None else ent[s:s + c], g_logp[s:s + c],
-                             None if g_ent is None else g_ent[s:s + c], 1.0 / ctx.temperature)
+            # dz in the input dtype: the matmuls below run in it, as in forward
+            dz = _chunk_grad(z, flat_ids[s:s + c], ctx.temperature, g_logp[s:s + c],
+                             None if g_ent is None else g_ent[s:s + c], None if g_ent is None else ent[s:s + c],
+                             hidden.dtype)
+            del z
             if need_b:
-                grad_b += dz.sum(0)
-            dz = dz.to(hidden.dtype)  # matmuls in the input dtype, as in forward
+                grad_b += dz.sum(0, dtype=acc)
             if need_h:
                 grad_h[s:s + c] = dz @ weight
             if need_w:
-                grad_w += (dz.t() @ h).to(acc)
+                _accumulate_weight_grad(grad_w, dz, h)
         grad_h = None if grad_h is None else grad_h.view(hidden.shape)
         grad_w = None if grad_w is None else grad_w.to(weight.dtype)
         grad_b = None if grad_b is None else grad_b.to(bias.dtype)
