@@ -185,8 +185,8 @@ def test_shared_prompt_learner_forward_matches_the_full_forward(problems, monkey
 @pytest.mark.parametrize("share", [True, False])
 def test_learner_forward_attends_without_repeat_kv_and_matches_transformers_sdpa(problems, monkeypatch, share):
     """The learner's forward (shared-prompt completion pass, or the plain masked one) runs `cpu_attention_forward`:
-    no repeat_kv copies, the same log-probs (bitwise) and gradients as transformers' own sdpa attention (bitwise
-    on the shared-prompt path here; to float rounding on the full sequence, whose kernel blocks differ)."""
+    no repeat_kv copies, the same log-probs (bitwise) as transformers' own sdpa attention, and the same gradients to
+    float rounding (the two attentions block their sums differently)."""
     import contextlib
 
     from transformers.integrations import sdpa_attention
@@ -212,7 +212,8 @@ def test_learner_forward_attends_without_repeat_kv_and_matches_transformers_sdpa
     reference = forward_backward()  # the model's own sdpa attention
     assert torch.equal(ours[0], reference[0])
     for name, grad in reference[1].items():
-        assert (ours[1][name] - grad).abs().max() <= 1e-6 * grad.abs().max().clamp(min=1e-12), name
+        # fp32 rounding of differently blocked sums: a few ulps of the largest entry (a masking error is O(1))
+        assert (ours[1][name] - grad).abs().max() <= 1e-5 * grad.abs().max().clamp(min=1e-12), name
 
 
 def test_on_policy_step_takes_old_logp_from_the_learner_with_identical_metrics(tmp_path, problems, monkeypatch):
