@@ -22,11 +22,12 @@ section is recorded and the next one still runs; results are written after every
   rl_ours     eureka_kit `train()` (preset cpgd, bf16, gradient checkpointing), 64 prompts x 4 samples x
               256 max new tokens, one optimizer step per RL step, 2 steps. fp32 master weights; on CUDA the
               rollouts run on a bf16 copy (sampler_dtype="bfloat16", refreshed in place every step) as a bf16
-              rollout engine would, where TRL generates from the fp32 model under bf16 autocast. train() has no min-length knob:
-              lengths are natural (a random-init model with a 151,936-token vocabulary almost never emits
-              EOS, so every rollout runs to max_len). The final checkpoint write is stubbed out.
+              rollout engine would, where TRL generates from the fp32 model under bf16 autocast. train() has
+              no min-length knob: lengths are natural (a random-init model with a 151,936-token vocabulary
+              almost never emits EOS, so every rollout runs to max_len). The final checkpoint write is stubbed
+              out.
   rl_trl      TRL GRPOTrainer (no vLLM) on the same model/prompts/reward (data.rewards.make_reward_fn), the
-              same batch shape, no vLLM, bf16; 2 optimizer steps; skipped with a reason if trl/datasets do not import.
+              same batch shape, bf16; 2 optimizer steps; skipped with a reason if trl/datasets do not import.
 
 Per-step seconds for both RL sections are wall-clock deltas between the ends of consecutive steps (the
 first from the start of train()/trainer.train()); the package's own perf/step_s and TRL's step_time

@@ -129,8 +129,9 @@ def _chunk_forward(z: Tensor, ids: Tensor, temperature: float, want_entropy: boo
 
 
 def _chunk_grad(z: Tensor, ids: Tensor, temperature: float, g_logp: Tensor, g_ent: Tensor | None,
-                ent: Tensor | None, out_dtype: torch.dtype) -> Tensor:
-    """Gradient w.r.t. the chunk's *unscaled* logits z, (c, V) in `out_dtype`; the softmax is recomputed.
+                ent: Tensor | None, out: Tensor) -> Tensor:
+    """Gradient w.r.t. the chunk's *unscaled* logits z, written into `out` (c, V) (any float dtype) and returned;
+    the softmax is recomputed.
 
     d logp_i / d x_v = onehot_v - p_v  and  d H / d x_v = -p_v (log p_v + H), then d x / d z = 1/T.
     """
@@ -138,16 +139,16 @@ def _chunk_grad(z: Tensor, ids: Tensor, temperature: float, g_logp: Tensor, g_en
     x = _scaled(z, temperature, cdt)
     inv_t = 1.0 / temperature
     if g_ent is None:
-        # (p - onehot) * (-g / T): softmax, a (c,) scatter, and one multiply that writes out_dtype directly.
+        # (p - onehot) * (-g / T): softmax, a (c,) scatter, and one multiply that writes `out` directly.
         p = torch.softmax(x, dim=-1, dtype=cdt)
         p.scatter_add_(1, ids[:, None], torch.full_like(g_logp[:, None], -1.0))
-        return torch.mul(p, g_logp[:, None].mul(-inv_t), out=torch.empty(p.shape, dtype=out_dtype, device=p.device))
+        return torch.mul(p, g_logp[:, None].mul(-inv_t), out=out)
     logq = torch.log_softmax(x, dim=-1, dtype=cdt)
     p = logq.exp()
     dz = logq.add_(ent[:, None]).mul_(p).mul_(-g_ent[:, None])
     dz.sub_(p.mul_(g_logp[:, None]))
     dz.scatter_add_(1, ids[:, None], g_logp[:, None])
-    return dz.mul_(inv_t).to(out_dtype)
+    return out.copy_(dz.mul_(inv_t))
 
 
 def _grads_in(g_logp: Tensor | None, g_ent: Tensor | None, n: int, like: Tensor) -> tuple[Tensor, Tensor | None]:
@@ -163,9 +164,11 @@ def _empty_stats(n: int, dtype: torch.dtype, device: torch.device) -> tuple[Tens
     return torch.empty(n, dtype=dtype, device=device), torch.zeros(n, dtype=dtype, device=device)
 
 
-def _chunked_forward(flat_ids: Tensor, n: int, chunk_size: int, logits_of, temperature: float, want_entropy: bool,
-                     cdt: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
-    logp, ent = _empty_stats(n, cdt, device)
+def _chunked_forward(flat_ids: Tensor, chunk_size: int, logits_of, temperature: float, want_entropy: bool,
+                     cdt: torch.dtype) -> tuple[Tensor, Tensor]:
+    """logp and entropy (N,) in `cdt` over the N = len(flat_ids) rows; `logits_of(a, b)` gives rows a:b's logits."""
+    n = flat_ids.shape[0]
+    logp, ent = _empty_stats(n, cdt, flat_ids.device)
     for s in range(0, n, chunk_size):
         lp, en = _chunk_forward(logits_of(s, s + chunk_size), flat_ids[s:s + chunk_size], temperature, want_entropy)
         logp[s:s + chunk_size] = lp
@@ -193,8 +196,8 @@ class _LogitsLogp(torch.autograd.Function):
         ctx.set_materialize_grads(False)
         V = logits.shape[-1]
         flat, flat_ids = logits.reshape(-1, V), ids.reshape(-1)  # a view when logits is contiguous
-        logp, ent = _chunked_forward(flat_ids, flat.shape[0], chunk_size, lambda a, b: flat[a:b], temperature,
-                                     want_entropy, _compute_dtype(logits.dtype), logits.device)
+        logp, ent = _chunked_forward(flat_ids, chunk_size, lambda a, b: flat[a:b], temperature, want_entropy,
+                                     _compute_dtype(logits.dtype))
         ctx.save_for_backward(logits, ids, ent)
         ctx.chunk_size, ctx.temperature = chunk_size, temperature
         return logp.view(ids.shape), ent.view(ids.shape)
@@ -209,9 +212,9 @@ class _LogitsLogp(torch.autograd.Function):
         g_logp, g_ent = _grads_in(g_logp, g_ent, flat.shape[0], ent)
         grad = torch.empty_like(flat, memory_format=torch.contiguous_format)  # logits' dtype
         for s in range(0, flat.shape[0], c):
-            grad[s:s + c] = _chunk_grad(flat[s:s + c], flat_ids[s:s + c], ctx.temperature, g_logp[s:s + c],
-                                        None if g_ent is None else g_ent[s:s + c],
-                                        None if g_ent is None else ent[s:s + c], grad.dtype)
+            _chunk_grad(flat[s:s + c], flat_ids[s:s + c], ctx.temperature, g_logp[s:s + c],
+                        None if g_ent is None else g_ent[s:s + c], None if g_ent is None else ent[s:s + c],
+                        out=grad[s:s + c])
         return grad.view(logits.shape), None, None, None, None
 
 
@@ -226,8 +229,8 @@ class _HiddenLogp(torch.autograd.Function):
         def logits_of(a: int, b: int) -> Tensor:  # (c, V) in the input dtype, fresh
             return torch.nn.functional.linear(flat[a:b], weight, bias)
 
-        logp, ent = _chunked_forward(flat_ids, flat.shape[0], chunk_size, logits_of, temperature, want_entropy,
-                                     _compute_dtype(hidden.dtype), hidden.device)
+        logp, ent = _chunked_forward(flat_ids, chunk_size, logits_of, temperature, want_entropy,
+                                     _compute_dtype(hidden.dtype))
         ctx.save_for_backward(hidden, weight, bias, ids, ent)
         ctx.chunk_size, ctx.temperature = chunk_size, temperature
         return logp.view(ids.shape), ent.view(ids.shape)
@@ -253,7 +256,7 @@ class _HiddenLogp(torch.autograd.Function):
             # dz in the input dtype: the matmuls below run in it, as in forward
             dz = _chunk_grad(z, flat_ids[s:s + c], ctx.temperature, g_logp[s:s + c],
                              None if g_ent is None else g_ent[s:s + c], None if g_ent is None else ent[s:s + c],
-                             hidden.dtype)
+                             out=torch.empty(z.shape, dtype=hidden.dtype, device=z.device))
             del z
             if need_b:
                 grad_b += dz.sum(0, dtype=acc)
