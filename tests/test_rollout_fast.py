@@ -216,6 +216,57 @@ def test_learner_forward_attends_without_repeat_kv_and_matches_transformers_sdpa
         assert (ours[1][name] - grad).abs().max() <= 1e-5 * grad.abs().max().clamp(min=1e-12), name
 
 
+def test_learner_under_gradient_checkpointing_keeps_the_models_attention(problems):
+    """Checkpointing recomputes each layer during backward, after the learner's `cpu_attention` block has ended:
+    the learner keeps the model's own attention then (the swapped one saved un-repeated keys and values, which the
+    recompute's repeated ones did not match: CheckpointError), with the same log-probs and gradients as without
+    checkpointing. Rollouts run in eval mode, where nothing is checkpointed, and keep the swap."""
+    model, tok = build_toy_model(seed=4)
+    assert model.config.num_key_value_heads < model.config.num_attention_heads  # the case that failed
+    cfg = RunConfig.from_preset("grpo", group_size=4, max_len=16, prompt_template="none")
+    ro = rollout.generate_hf(model, tok, problems[::5][:4], cfg, torch.Generator().manual_seed(0))
+    rows = torch.arange(len(ro.texts))
+
+    def forward_backward():
+        model.zero_grad()
+        logp = train_mod.completion_logprobs(model, ro, rows, cfg)
+        (logp * torch.linspace(-1, 1, len(rows))[:, None] * ro.completion_mask).sum().backward()
+        return logp.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    model.train()
+    plain = forward_backward()
+    (getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable)()  # 5.24 name
+    assert rollout.checkpointing_active(model)
+    with rollout.cpu_attention(model):
+        assert model.config._attn_implementation == "sdpa"
+    checkpointed = forward_backward()
+    valid = ro.completion_mask.bool()
+    torch.testing.assert_close(checkpointed[0][valid], plain[0][valid], atol=1e-5, rtol=0)
+    for name, grad in plain[1].items():
+        assert (checkpointed[1][name] - grad).abs().max() <= 1e-4 * grad.abs().max().clamp(min=1e-12), name
+    model.eval()
+    assert not rollout.checkpointing_active(model)
+    with rollout.cpu_attention(model):
+        assert model.config._attn_implementation == rollout.CPU_ATTENTION
+
+
+def test_train_with_gradient_checkpointing_on_cpu_updates_the_policy(tmp_path, problems, monkeypatch):
+    """`gradient_checkpointing=True` on CPU: every step is a finite optimizer step that moves the weights."""
+    from eureka_kit.data import rewards
+
+    monkeypatch.setattr(rewards, "score_batch", lambda completions, golds, **_: [  # rewards that vary in a group
+        dict(accuracy=float(len(c) % 2), format=0.0, total=float(len(c) % 2), timeout=0.0) for c in completions])
+    model, tok = build_toy_model(seed=5)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    cfg = RunConfig.from_preset("grpo", run_dir=str(tmp_path / "run"), rollout_batch_size=4, group_size=4,
+                                train_batch_size=16, micro_batch_size=8, max_len=12, num_steps=2, lr=1e-3,
+                                prompt_template="none", gradient_checkpointing=True)
+    history = train_mod.train(cfg, policy=model, processor=tok, problems=problems, progress=False).history
+    assert len(history) == 2 and all(h["optim/skipped_steps"] == 0 for h in history)
+    assert all(0 < h["optim/grad_norm"] < float("inf") for h in history)
+    assert any(not torch.equal(p, before[n]) for n, p in model.named_parameters())
+
+
 def test_on_policy_step_takes_old_logp_from_the_learner_with_identical_metrics(tmp_path, problems, monkeypatch):
     """P1: with one epoch and one optimizer step per batch, skipping the no-grad pass changes no metric."""
     from eureka_kit.data import rewards

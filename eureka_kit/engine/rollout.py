@@ -136,10 +136,14 @@ def _register_cpu_attention() -> None:
 def cpu_attention(policy):
     """Run `policy` with `cpu_attention_forward` inside the block (the rollout's decode, the learner's forward)
     when it is a plain (not composite) sdpa model on CPU: a composite model (a VLM) may run other implementations
-    in its sub-models, which one swap-and-restore of the whole model would overwrite."""
+    in its sub-models, which one swap-and-restore of the whole model would overwrite.
+
+    Not while gradient checkpointing is active (`checkpointing_active`): its recompute replays each layer during
+    backward, after this block has restored sdpa, and must make the tensors the forward saved (the swapped
+    attention saves un-repeated keys and values; the recompute would repeat them: a CheckpointError)."""
     config = policy.config
     swap = next(policy.parameters()).device.type == "cpu" and config._attn_implementation == "sdpa" and \
-        not getattr(config, "sub_configs", None)
+        not getattr(config, "sub_configs", None) and not checkpointing_active(policy)
     if swap:
         _register_cpu_attention()
         policy.set_attn_implementation(CPU_ATTENTION)
@@ -148,6 +152,11 @@ def cpu_attention(policy):
     finally:
         if swap:
             policy.set_attn_implementation("sdpa")
+
+
+def checkpointing_active(policy) -> bool:
+    """Whether `policy`'s forward runs under gradient checkpointing (transformers checkpoints in training mode only)."""
+    return policy.training and any(getattr(m, "gradient_checkpointing", False) for m in policy.modules())
 
 
 def cache_kwarg(model) -> str:

@@ -32,8 +32,9 @@ def start_policy(cfg: RunConfig, world, device, policy=None, processor=None):
     world.broadcast_parameters(policy)
     if cfg.freeze_vision:
         models.freeze_vision(policy)
-    if cfg.gradient_checkpointing:
-        policy.gradient_checkpointing_enable()
+    if cfg.gradient_checkpointing:  # transformers 5.24 renamed it (the old name warns until v6)
+        enable = getattr(policy, "activation_checkpointing_enable", None) or policy.gradient_checkpointing_enable
+        enable()
     return gen, policy, processor
 
 
