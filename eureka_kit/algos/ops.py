@@ -159,16 +159,12 @@ def _grads_in(g_logp: Tensor | None, g_ent: Tensor | None, n: int, like: Tensor)
     return g_logp, (None if g_ent is None else g_ent.reshape(-1).to(like.dtype))
 
 
-def _empty_stats(n: int, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
-    # logp and entropy: (N,) each; entropy stays 0 unless asked for.
-    return torch.empty(n, dtype=dtype, device=device), torch.zeros(n, dtype=dtype, device=device)
-
-
 def _chunked_forward(flat_ids: Tensor, chunk_size: int, logits_of, temperature: float, want_entropy: bool,
                      cdt: torch.dtype) -> tuple[Tensor, Tensor]:
     """logp and entropy (N,) in `cdt` over the N = len(flat_ids) rows; `logits_of(a, b)` gives rows a:b's logits."""
     n = flat_ids.shape[0]
-    logp, ent = _empty_stats(n, cdt, flat_ids.device)
+    logp = torch.empty(n, dtype=cdt, device=flat_ids.device)
+    ent = torch.zeros(n, dtype=cdt, device=flat_ids.device)  # stays 0 unless asked for
     for s in range(0, n, chunk_size):
         lp, en = _chunk_forward(logits_of(s, s + chunk_size), flat_ids[s:s + chunk_size], temperature, want_entropy)
         logp[s:s + chunk_size] = lp
